@@ -1,0 +1,114 @@
+"""The ``medseg`` command line: one subcommand per core operation.
+
+Exit codes: 0 success; 1 an unexpected internal error (a bug: please report it); 2 bad input or
+usage (a one-line message naming the file or parameter); 130 cancelled (Ctrl-C).
+
+Each subcommand lives in its own module of this package with an ``add_parser(subparsers)``
+function; handlers import the core lazily so ``medseg info`` does not pay for importing torch.
+Run ``MEDSEG_DEBUG=1 medseg ...`` to see full tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from napari_medseg import __version__
+from napari_medseg.errors import CancelledError, MedsegError
+
+__all__ = ["main", "build_parser", "UsageError"]
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
+
+# modules under napari_medseg.cli that each add subcommands, in the order --help lists them
+_COMMAND_MODULES = (
+    "_volume_commands",
+    "_evaluate",
+    "_postprocess",
+    "_register",
+    "_models",
+    "_predict",
+    "_train",
+    "_jobs",
+)
+
+
+class UsageError(MedsegError):
+    """A command-line argument is wrong."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage + message)
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``medseg`` parser with every available subcommand."""
+    parser = _Parser(prog="medseg", description="napari-medseg: medical image segmentation from the command line.")
+    parser.add_argument("--version", action="version", version=f"napari-medseg {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subparsers.required = True
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"napari_medseg.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"napari_medseg.cli.{name}":
+                continue  # that face of the CLI is not part of this build yet
+            raise
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``medseg`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+        return EXIT_OK if result is None else int(result)
+    except CancelledError as exc:
+        print(f"medseg {args.command}: cancelled: {exc}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except KeyboardInterrupt:
+        print(f"medseg {args.command}: cancelled (interrupted); no partial output was written", file=sys.stderr)
+        return EXIT_CANCELLED
+    except MedsegError as exc:
+        if os.environ.get("MEDSEG_DEBUG"):
+            raise
+        print(f"medseg {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if os.environ.get("MEDSEG_DEBUG"):
+            raise
+        print(
+            f"medseg {args.command}: internal error: {type(exc).__name__}: {exc} "
+            "(run with MEDSEG_DEBUG=1 for the traceback and please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+def parse_labels(text: str | None, *, option: str = "--labels") -> list[int] | None:
+    """Parse ``"1,2,5"`` into ``[1, 2, 5]``; ``None`` stays ``None``.
+
+    Raises
+    ------
+    UsageError
+        If an item is not a non-negative integer.
+    """
+    if text is None:
+        return None
+    labels = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if not item.isdigit():
+            raise UsageError(f"{option}={text!r}: expected comma-separated non-negative integers, e.g. 1,2")
+        labels.append(int(item))
+    if not labels:
+        raise UsageError(f"{option}={text!r}: no label given")
+    return labels

@@ -1,0 +1,808 @@
+"""Volumes with their geometry: read, write, resample and reorient without losing a header.
+
+A :class:`Volume` is a numpy array in ``(z, y, x)`` order (``(z, y, x, c)`` for multi-component
+images) plus a :class:`Geometry`: spacing, origin and direction *exactly as SimpleITK reports
+them*, i.e. in ``(x, y, z)`` order, in millimetres, in the LPS patient frame. The array axis order
+and the geometry order are therefore reversed; :attr:`Geometry.spacing_zyx` gives the spacing in
+array order, which is what array functions (``metrics``, ``postprocess``, ``registration``) take as
+``spacing_mm``.
+
+Supported formats (chosen by extension): NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``,
+``.nhdr``; ``.seg.nrrd`` is read as a label map and written with Slicer segment fields), MetaImage
+(``.mha``, ``.mhd``), DICOM (a folder holding one or more series, or a single ``.dcm`` file) and 2D
+images (``.png``, ``.tif``, ``.tiff``, ``.jpg``, ``.bmp``) read as single-slice volumes.
+Writing is atomic: the file is written under a temporary name in the target folder and renamed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from napari_medseg._atomic import atomic_directory
+from napari_medseg._options import look_up_option
+from napari_medseg.errors import FileFormatError, GeometryMismatchError, InvalidInputError
+
+__all__ = [
+    "Geometry",
+    "Volume",
+    "Interpolation",
+    "SUPPORTED_SUFFIXES",
+    "read_volume",
+    "read_labels",
+    "write_volume",
+    "volume_format",
+    "from_sitk",
+    "to_sitk",
+    "resample",
+    "resample_like",
+    "resample_to_spacing",
+    "reorient",
+    "check_same_grid",
+    "as_label_array",
+    "segments_from_metadata",
+]
+
+#: Extensions this module reads and writes, longest first so ``.seg.nrrd`` wins over ``.nrrd``.
+SUPPORTED_SUFFIXES = (
+    ".seg.nrrd",
+    ".nii.gz",
+    ".nii",
+    ".nrrd",
+    ".nhdr",
+    ".mha",
+    ".mhd",
+    ".dcm",
+    ".png",
+    ".tiff",
+    ".tif",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+)
+_IMAGE_2D_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+# header keys that describe the file format itself; they are not carried from one file to another
+_FORMAT_KEY_PREFIXES = ("NRRD_", "ITK_", "nifti", "dim[", "pixdim[", "srow_", "qform", "sform", "qto_", "sto_")
+_NIFTI_KEYS = {
+    "aux_file", "bitpix", "cal_max", "cal_min", "datatype", "descrip", "intent_code", "intent_name",
+    "intent_p1", "intent_p2", "intent_p3", "qoffset_x", "qoffset_y", "qoffset_z", "quatern_b",
+    "quatern_c", "quatern_d", "scl_inter", "scl_slope", "slice_code", "slice_duration", "slice_end",
+    "slice_start", "toffset", "vox_offset", "xyzt_units", "xyzt_units_name", "intent_code_name",
+    "datatype_name", "type", "dimension", "space", "space directions", "space origin", "kinds",
+    "endian", "encoding", "sizes", "modality",
+}
+
+
+# ----------------------------------------------------------------------------------------- geometry
+@dataclass(frozen=True)
+class Geometry:
+    """Where a voxel grid sits in patient space, as SimpleITK reports it.
+
+    Parameters
+    ----------
+    spacing : tuple of 3 float
+        Voxel size in millimetres along ``(x, y, z)`` (SimpleITK order; array order is reversed).
+        Every value must be finite and > 0.
+    origin : tuple of 3 float
+        Physical position (mm, LPS) of the centre of voxel ``(0, 0, 0)``, in ``(x, y, z)`` order.
+    direction : tuple of 9 float
+        Row-major 3x3 direction cosine matrix; column ``i`` is the unit vector of index axis ``i``
+        (x, y, z) in LPS. It must be orthonormal to 1e-4.
+
+    Raises
+    ------
+    InvalidInputError
+        If a value is missing, not finite, a spacing is not positive or the direction is not
+        orthonormal.
+    """
+
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        spacing = tuple(float(s) for s in self.spacing)
+        origin = tuple(float(o) for o in self.origin)
+        direction = tuple(float(d) for d in self.direction)
+        if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+            raise InvalidInputError(f"spacing={self.spacing!r}: expected 3 finite values > 0 (mm, x y z order)")
+        if len(origin) != 3 or not all(math.isfinite(o) for o in origin):
+            raise InvalidInputError(f"origin={self.origin!r}: expected 3 finite values (mm, x y z order)")
+        if len(direction) != 9 or not all(math.isfinite(d) for d in direction):
+            raise InvalidInputError(f"direction={self.direction!r}: expected 9 finite values (row-major 3x3)")
+        matrix = np.asarray(direction).reshape(3, 3)
+        if not np.allclose(matrix.T @ matrix, np.eye(3), atol=1e-4):
+            raise InvalidInputError(f"direction={self.direction!r} is not an orthonormal 3x3 matrix")
+        object.__setattr__(self, "spacing", spacing)
+        object.__setattr__(self, "origin", origin)
+        object.__setattr__(self, "direction", direction)
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        """Spacing in mm in array axis order ``(z, y, x)``: what array functions take as ``spacing_mm``."""
+        return (self.spacing[2], self.spacing[1], self.spacing[0])
+
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        """The 3x3 direction matrix (columns are the x, y, z index axes in LPS)."""
+        return np.asarray(self.direction, dtype=float).reshape(3, 3)
+
+    @property
+    def orientation(self) -> str:
+        """Three-letter orientation code (e.g. ``"LPS"``, ``"RAS"``): where each index axis points to.
+
+        For an oblique direction this is the closest axis-aligned orientation.
+        """
+        return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(self.direction)
+
+    @property
+    def is_oblique(self) -> bool:
+        """True if the direction is not a signed permutation matrix (to 1e-6)."""
+        m = np.abs(self.direction_matrix)
+        return not np.allclose(m, np.round(m), atol=1e-6)
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        """The volume of one voxel in mm^3."""
+        return float(np.prod(self.spacing))
+
+    def index_to_physical(self) -> np.ndarray:
+        """4x4 matrix mapping a homogeneous ``(x, y, z)`` index to LPS millimetres."""
+        affine = np.eye(4)
+        affine[:3, :3] = self.direction_matrix @ np.diag(self.spacing)
+        affine[:3, 3] = self.origin
+        return affine
+
+    def affine_zyx(self) -> np.ndarray:
+        """4x4 matrix mapping an array index ``(z, y, x)`` to physical ``(z, y, x)`` LPS mm.
+
+        This is the ``affine`` a napari layer needs to place an oblique volume exactly.
+        """
+        flip = np.eye(4)[[2, 1, 0, 3]]
+        return flip @ self.index_to_physical() @ flip
+
+    def isclose(self, other: Geometry, *, atol: float = 1e-6) -> bool:
+        """True if spacing, origin and direction agree to ``atol`` (mm, and unitless for direction)."""
+        return (
+            np.allclose(self.spacing, other.spacing, rtol=0, atol=atol)
+            and np.allclose(self.origin, other.origin, rtol=0, atol=atol)
+            and np.allclose(self.direction, other.direction, rtol=0, atol=atol)
+        )
+
+    def describe(self) -> str:
+        """One line: spacing, origin and orientation, for messages."""
+        sp = ", ".join(f"{s:g}" for s in self.spacing)
+        org = ", ".join(f"{o:g}" for o in self.origin)
+        oblique = " (oblique)" if self.is_oblique else ""
+        return f"spacing ({sp}) mm, origin ({org}) mm, orientation {self.orientation}{oblique}"
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict with ``spacing``, ``origin``, ``direction`` and ``orientation``."""
+        return {
+            "spacing": list(self.spacing),
+            "origin": list(self.origin),
+            "direction": list(self.direction),
+            "orientation": self.orientation,
+        }
+
+
+# ------------------------------------------------------------------------------------------- volume
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A voxel array with the geometry that places it in patient space.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        ``(z, y, x)`` for scalar images, ``(z, y, x, c)`` for multi-component images (RGB, vector).
+    geometry : Geometry
+        Spacing, origin and direction (SimpleITK order, mm, LPS).
+    metadata : mapping of str to str
+        Header fields that travel with the volume (NRRD/MHA key-value pairs, Slicer segment fields,
+        provenance). Format-internal fields of the file it came from are not kept.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``array`` is not 3D or 4D.
+    """
+
+    array: np.ndarray
+    geometry: Geometry = field(default_factory=Geometry)
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        array = np.asarray(self.array)
+        if array.ndim not in (3, 4):
+            raise InvalidInputError(
+                f"Volume array must be (z, y, x) or (z, y, x, c); got shape {array.shape}"
+            )
+        if not array.dtype.isnative:
+            array = array.astype(array.dtype.newbyteorder("="))
+        object.__setattr__(self, "array", array)
+        object.__setattr__(self, "metadata", dict(self.metadata))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Spatial shape ``(z, y, x)``."""
+        return tuple(self.array.shape[:3])  # type: ignore[return-value]
+
+    @property
+    def n_components(self) -> int:
+        """Number of components per voxel (1 for scalar images)."""
+        return 1 if self.array.ndim == 3 else int(self.array.shape[3])
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        """Spacing in mm in array axis order."""
+        return self.geometry.spacing_zyx
+
+    def derive(self, array: np.ndarray, *, metadata: Mapping[str, str] | None = None) -> Volume:
+        """A new Volume on the same grid with another array (same spatial shape required).
+
+        Raises
+        ------
+        GeometryMismatchError
+            If ``array``'s spatial shape differs from this volume's.
+        """
+        array = np.asarray(array)
+        if tuple(array.shape[:3]) != self.shape:
+            raise GeometryMismatchError(
+                f"derived array has spatial shape {array.shape[:3]}, expected {self.shape}"
+            )
+        merged = dict(self.metadata)
+        if metadata:
+            merged.update(metadata)
+        return Volume(array, self.geometry, merged)
+
+
+def from_sitk(image: sitk.Image, *, metadata: Mapping[str, str] | None = None) -> Volume:
+    """Convert a 2D or 3D SimpleITK image to a :class:`Volume` (2D becomes one slice).
+
+    Raises
+    ------
+    InvalidInputError
+        If the image has more than 3 dimensions (other than a trailing size-1 axis).
+    """
+    dim = image.GetDimension()
+    if dim == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+        dim = 3
+    if dim == 2:
+        array = sitk.GetArrayFromImage(image)[None]
+        sx, sy = image.GetSpacing()
+        ox, oy = image.GetOrigin()
+        d = image.GetDirection()
+        geometry = Geometry((sx, sy, 1.0), (ox, oy, 0.0), (d[0], d[1], 0.0, d[2], d[3], 0.0, 0.0, 0.0, 1.0))
+    elif dim == 3:
+        array = sitk.GetArrayFromImage(image)
+        geometry = Geometry(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    else:
+        raise InvalidInputError(
+            f"expected a 2D or 3D image; got a {dim}D image of size {image.GetSize()} "
+            "(split 4D series into 3D volumes first)"
+        )
+    return Volume(array, geometry, metadata or {})
+
+
+def to_sitk(volume: Volume) -> sitk.Image:
+    """Convert a :class:`Volume` to a 3D SimpleITK image with the same geometry."""
+    array = volume.array
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=volume.array.ndim == 4)
+    image.SetSpacing(volume.geometry.spacing)
+    image.SetOrigin(volume.geometry.origin)
+    image.SetDirection(volume.geometry.direction)
+    return image
+
+
+# ------------------------------------------------------------------------------------------- format
+class VolumeFormat(StrEnum):
+    NIFTI = "nifti"
+    NRRD = "nrrd"
+    SEG_NRRD = "seg.nrrd"
+    METAIMAGE = "metaimage"
+    DICOM = "dicom"
+    IMAGE_2D = "image2d"
+
+
+def volume_format(path: str | os.PathLike) -> VolumeFormat:
+    """The format a path names, by extension (a folder or a name without extension is DICOM).
+
+    Raises
+    ------
+    FileFormatError
+        If the extension is not supported; the message lists the supported ones.
+    """
+    p = Path(path)
+    name = p.name.lower()
+    if p.is_dir() or (not p.suffix and not p.exists()):
+        return VolumeFormat.DICOM
+    for suffix in SUPPORTED_SUFFIXES:
+        if name.endswith(suffix):
+            if suffix == ".seg.nrrd":
+                return VolumeFormat.SEG_NRRD
+            if suffix in (".nii", ".nii.gz"):
+                return VolumeFormat.NIFTI
+            if suffix in (".nrrd", ".nhdr"):
+                return VolumeFormat.NRRD
+            if suffix in (".mha", ".mhd"):
+                return VolumeFormat.METAIMAGE
+            if suffix == ".dcm":
+                return VolumeFormat.DICOM
+            return VolumeFormat.IMAGE_2D
+    raise FileFormatError(
+        f"{p}: unsupported file type {''.join(p.suffixes) or '(no extension)'!r}; "
+        f"expected one of {', '.join(SUPPORTED_SUFFIXES)} or a DICOM folder"
+    )
+
+
+def _sitk_error(path: Path, exc: Exception) -> FileFormatError:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    detail = next((ln for ln in reversed(lines) if not ln.startswith(("sitk::", "in ", "File "))), "")
+    detail = detail.split(": ", 1)[-1] if detail else "unreadable"
+    return FileFormatError(f"{path}: cannot read the file; it is truncated, corrupt or not a valid image ({detail})")
+
+
+def _kept_metadata(image: sitk.Image | sitk.ImageFileReader) -> dict[str, str]:
+    kept = {}
+    for key in image.GetMetaDataKeys():
+        if key.startswith(_FORMAT_KEY_PREFIXES) or key in _NIFTI_KEYS:
+            continue
+        kept[key] = image.GetMetaData(key)
+    return kept
+
+
+def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
+    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ()
+    if not series_ids:
+        raise FileFormatError(f"{folder}: no DICOM series found in this folder")
+    files_by_series = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid) for uid in series_ids}
+    if series_uid is not None:
+        if series_uid not in files_by_series:
+            raise FileFormatError(
+                f"{folder}: no series with SeriesInstanceUID {series_uid!r}; found {', '.join(series_ids)}"
+            )
+        uid = series_uid
+    else:
+        uid = max(series_ids, key=lambda s: len(files_by_series[s]))
+    reader = sitk.ImageSeriesReader()
+    # GDCM sorts the files by their position along the slice normal
+    reader.SetFileNames(files_by_series[uid])
+    reader.MetaDataDictionaryArrayUpdateOn()
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise _sitk_error(folder, exc) from None
+    metadata = {"dicom_series_uid": uid, "dicom_n_files": str(len(files_by_series[uid]))}
+    for tag, name in (("0008|0060", "dicom_modality"), ("0008|103e", "dicom_series_description")):
+        if reader.HasMetaDataKey(0, tag):
+            metadata[name] = reader.GetMetaData(0, tag).strip()
+    return from_sitk(image, metadata=metadata)
+
+
+def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Volume:
+    """Read an image file or a DICOM folder into a :class:`Volume`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A file of a supported format, or a folder of DICOM files.
+    series_uid : str, optional
+        For a DICOM folder holding several series, the SeriesInstanceUID to read. By default the
+        series with the most files is read.
+
+    Returns
+    -------
+    Volume
+        The voxel array in ``(z, y, x[, c])`` order and the geometry SimpleITK reports; 2D images
+        become a single slice (z spacing 1 mm).
+
+    Raises
+    ------
+    FileFormatError
+        If the file is missing, its type unsupported, or it is truncated or corrupt.
+    InvalidInputError
+        If the image is 4D (or more) where a 3D volume is needed.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileFormatError(f"{p}: file not found")
+    fmt = volume_format(p)
+    if fmt == VolumeFormat.DICOM and p.is_dir():
+        return _read_dicom_folder(p, series_uid)
+    if p.is_dir():
+        raise FileFormatError(f"{p}: is a folder but not a DICOM series")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    try:
+        reader.ReadImageInformation()
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise _sitk_error(p, exc) from None
+    try:
+        return from_sitk(image, metadata=_kept_metadata(reader))
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{p}: {exc}") from None
+
+
+def as_label_array(array: np.ndarray, *, name: str = "labels") -> np.ndarray:
+    """Check that ``array`` holds non-negative integer labels and return it in the smallest uint type.
+
+    Raises
+    ------
+    InvalidInputError
+        If the array has several components, non-integer, negative or non-finite values.
+    """
+    array = np.asarray(array)
+    if array.ndim == 4:
+        raise InvalidInputError(f"{name}: a label image must have one component per voxel; got {array.shape[3]}")
+    if array.dtype == bool:
+        return array.astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)):
+            raise InvalidInputError(f"{name}: label image contains NaN or Inf values")
+        if not np.array_equal(array, np.round(array)):
+            bad = array[array != np.round(array)].ravel()[:3]
+            raise InvalidInputError(
+                f"{name}: label image has non-integer values (e.g. {', '.join(f'{v:g}' for v in bad)}); "
+                "expected integer label values"
+            )
+    elif not np.issubdtype(array.dtype, np.integer):
+        raise InvalidInputError(f"{name}: label image has dtype {array.dtype}; expected integers")
+    if array.size == 0:
+        return array.astype(np.uint8)
+    low, high = float(array.min()), float(array.max())
+    if low < 0:
+        raise InvalidInputError(f"{name}: label image has negative values (min {low:g}); expected labels >= 0")
+    for dtype in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if high <= np.iinfo(dtype).max:
+            return array.astype(dtype, copy=array.dtype != dtype)
+    raise InvalidInputError(f"{name}: label values up to {high:g} do not fit an unsigned 64-bit integer")
+
+
+def read_labels(path: str | os.PathLike, *, series_uid: str | None = None) -> Volume:
+    """Read a label map: like :func:`read_volume`, then check values are non-negative integers.
+
+    Returns
+    -------
+    Volume
+        A volume whose array has the smallest unsigned integer dtype holding its labels.
+
+    Raises
+    ------
+    FileFormatError, InvalidInputError
+        As :func:`read_volume`; also if the values are not non-negative integers (the message
+        names the file).
+    """
+    volume = read_volume(path, series_uid=series_uid)
+    array = as_label_array(volume.array, name=str(path))
+    return Volume(array, volume.geometry, volume.metadata)
+
+
+def segments_from_metadata(metadata: Mapping[str, str]) -> dict[int, tuple[str, tuple[float, float, float] | None]]:
+    """Label value -> (name, colour) from Slicer ``.seg.nrrd`` fields (``SegmentN_Name`` ...)."""
+    segments: dict[int, tuple[str, tuple[float, float, float] | None]] = {}
+    index = 0
+    while f"Segment{index}_LabelValue" in metadata:
+        value = int(metadata[f"Segment{index}_LabelValue"])
+        name = metadata.get(f"Segment{index}_Name", f"Segment_{value}")
+        colour = None
+        if f"Segment{index}_Color" in metadata:
+            colour = tuple(float(c) for c in metadata[f"Segment{index}_Color"].split())  # type: ignore[assignment]
+        segments[value] = (name, colour)
+        index += 1
+    return segments
+
+
+def _segment_metadata(
+    array: np.ndarray,
+    label_names: Mapping[int, str] | None,
+    label_colors: Mapping[int, tuple[float, float, float]] | None,
+) -> dict[str, str]:
+    values = [int(v) for v in np.unique(array) if v != 0]
+    if label_names:
+        values = sorted(set(values) | {int(v) for v in label_names if int(v) != 0})
+    meta: dict[str, str] = {}
+    rng = np.random.default_rng(0)
+    for i, value in enumerate(values):
+        name = (label_names or {}).get(value, f"Segment_{value}")
+        colour = (label_colors or {}).get(value) or tuple(rng.uniform(0.2, 1.0, 3))
+        meta[f"Segment{i}_ID"] = f"Segment_{value}"
+        meta[f"Segment{i}_Name"] = str(name)
+        meta[f"Segment{i}_LabelValue"] = str(value)
+        meta[f"Segment{i}_Layer"] = "0"
+        meta[f"Segment{i}_Color"] = " ".join(f"{float(c):.6g}" for c in colour)
+        meta[f"Segment{i}_NameAutoGenerated"] = "0"
+        meta[f"Segment{i}_ColorAutoGenerated"] = "0" if label_colors else "1"
+    meta["Segmentation_MasterRepresentation"] = "Binary labelmap"
+    meta["Segmentation_ContainedRepresentationNames"] = "Binary labelmap|"
+    return meta
+
+
+def _write_dicom_series(volume: Volume, folder: Path) -> None:
+    array = volume.array
+    if array.ndim != 3:
+        raise InvalidInputError(f"{folder}: DICOM output needs a scalar volume; got {volume.n_components} components")
+    if not np.issubdtype(array.dtype, np.integer) and array.dtype != bool:
+        raise InvalidInputError(
+            f"{folder}: DICOM output supports integer images; got {array.dtype} "
+            "(write NIfTI, NRRD or MetaImage for floating-point data)"
+        )
+    image = to_sitk(volume)
+    if array.dtype in (np.int32, np.int64, np.uint32, np.uint64):
+        low, high = int(array.min()), int(array.max())
+        if low < -32768 or high > 65535:
+            raise InvalidInputError(f"{folder}: values {low}..{high} do not fit DICOM's 16-bit pixels")
+        image = sitk.Cast(image, sitk.sitkInt16 if low < 0 or high <= 32767 else sitk.sitkUInt16)
+    stamp = time.strftime("%Y%m%d"), time.strftime("%H%M%S")
+    series_uid = "1.2.826.0.1.3680043.2.1125." + str(int(time.time() * 1e6)) + f".{os.getpid()}"
+    g = volume.geometry
+    d = g.direction
+    orientation = "\\".join(f"{v:.10g}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
+    common = {
+        "0008|0020": stamp[0], "0008|0030": stamp[1], "0008|0021": stamp[0], "0008|0031": stamp[1],
+        "0008|0060": volume.metadata.get("dicom_modality", "OT"),
+        "0008|103e": volume.metadata.get("dicom_series_description", "napari-medseg"),
+        "0020|000e": series_uid, "0020|000d": series_uid + ".1", "0020|0037": orientation,
+        "0018|0050": f"{g.spacing[2]:.10g}", "0020|0011": "1",
+    }
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(image.GetDepth()):
+        slice_image = image[:, :, k]
+        for tag, value in common.items():
+            slice_image.SetMetaData(tag, value)
+        position = image.TransformIndexToPhysicalPoint((0, 0, k))
+        slice_image.SetMetaData("0020|0032", "\\".join(f"{v:.10g}" for v in position))
+        slice_image.SetMetaData("0020|0013", str(k + 1))
+        slice_image.SetMetaData("0008|0018", f"{series_uid}.{k + 1}")
+        slice_image.SetMetaData("0028|0030", f"{g.spacing[1]:.10g}\\{g.spacing[0]:.10g}")
+        writer.SetFileName(str(folder / f"slice_{k:05d}.dcm"))
+        writer.Execute(slice_image)
+
+
+def write_volume(
+    volume: Volume,
+    path: str | os.PathLike,
+    *,
+    compress: bool = True,
+    label_names: Mapping[int, str] | None = None,
+    label_colors: Mapping[int, tuple[float, float, float]] | None = None,
+) -> Path:
+    """Write ``volume`` to ``path`` atomically, keeping its geometry and metadata.
+
+    Parameters
+    ----------
+    volume : Volume
+        What to write.
+    path : str or path-like
+        Target file; its extension picks the format. A name without extension (or an existing
+        folder) writes a DICOM series into that folder (integer images only).
+    compress : bool, default True
+        Compress the voxel data where the format allows (``.nii`` is never compressed).
+    label_names, label_colors : mapping, optional
+        For ``.seg.nrrd``: segment name and RGB colour (0-1) per label value, so 3D Slicer shows
+        named segments.
+
+    Returns
+    -------
+    pathlib.Path
+        The written path.
+
+    Raises
+    ------
+    FileFormatError
+        If the extension is unsupported.
+    InvalidInputError
+        If the data cannot be stored in that format (e.g. a multi-slice volume as PNG, floats as
+        DICOM, non-integer labels as ``.seg.nrrd``).
+    """
+    target = Path(path)
+    fmt = volume_format(target)
+    array = volume.array
+    metadata = {k: str(v) for k, v in volume.metadata.items()}
+    if fmt == VolumeFormat.DICOM:
+        with atomic_directory(target) as tmp:
+            _write_dicom_series(volume, tmp)
+        return target
+    if fmt == VolumeFormat.SEG_NRRD:
+        array = as_label_array(array, name=str(target))
+        if label_names is None and label_colors is None:
+            label_names = {v: n for v, (n, _) in segments_from_metadata(metadata).items()} or None
+            label_colors = {v: c for v, (_, c) in segments_from_metadata(metadata).items() if c} or None
+        metadata = {k: v for k, v in metadata.items() if not k.startswith(("Segment", "Segmentation_"))}
+        metadata.update(_segment_metadata(array, label_names, label_colors))
+    if fmt == VolumeFormat.IMAGE_2D:
+        if volume.shape[0] != 1 and target.suffix.lower() not in (".tif", ".tiff"):
+            raise InvalidInputError(f"{target}: a {volume.shape[0]}-slice volume cannot be written as a 2D image")
+    image = to_sitk(Volume(array, volume.geometry))
+    if fmt == VolumeFormat.IMAGE_2D and volume.shape[0] == 1:
+        image = image[:, :, 0]
+    for key, value in metadata.items():
+        image.SetMetaData(key, value)
+    # write under the final name inside a private temporary folder, then move into place: this
+    # keeps a .mhd header's reference to its .raw file valid and makes the final step a rename
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent if target.parent.exists() else None))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp_file = tmp_dir / target.name
+        use_compression = compress and not target.name.lower().endswith(".nii")
+        try:
+            sitk.WriteImage(image, str(tmp_file), use_compression)
+        except RuntimeError as exc:
+            raise InvalidInputError(f"{target}: cannot write this image in this format ({str(exc).strip().splitlines()[-1]})") from None
+        # data files (.raw/.zraw of a .mhd) first, the header last
+        for produced in sorted(tmp_dir.iterdir(), key=lambda f: f.name == target.name):
+            os.replace(produced, target.parent / produced.name)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return target
+
+
+# ------------------------------------------------------------------------------ resample / reorient
+class Interpolation(StrEnum):
+    """How values are interpolated when resampling.
+
+    ``linear`` and ``bspline`` for images, ``nearest`` for labels (exact values), ``label`` for
+    label maps resampled with a per-label Gaussian vote (smoother boundaries, still label values).
+    """
+
+    LINEAR = "linear"
+    NEAREST = "nearest"
+    LABEL = "label"
+    BSPLINE = "bspline"
+
+
+_SITK_INTERPOLATORS = {
+    Interpolation.LINEAR: sitk.sitkLinear,
+    Interpolation.NEAREST: sitk.sitkNearestNeighbor,
+    Interpolation.LABEL: sitk.sitkLabelGaussian,
+    Interpolation.BSPLINE: sitk.sitkBSpline,
+}
+
+
+def resample(
+    volume: Volume,
+    *,
+    geometry: Geometry,
+    shape: tuple[int, int, int],
+    interpolation: Interpolation | str = Interpolation.LINEAR,
+    default_value: float = 0.0,
+) -> Volume:
+    """Resample ``volume`` onto the grid given by ``geometry`` and ``shape`` (z, y, x).
+
+    Parameters
+    ----------
+    volume : Volume
+        The volume to resample; its metadata is kept.
+    geometry : Geometry
+        Target spacing, origin and direction.
+    shape : tuple of 3 int
+        Target array shape ``(z, y, x)``.
+    interpolation : {"linear", "nearest", "label", "bspline"}, default "linear"
+        See :class:`Interpolation`. Integer outputs of ``linear``/``bspline`` are rounded by
+        SimpleITK's cast to the input dtype.
+    default_value : float, default 0
+        Value of voxels that fall outside the input.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``interpolation`` is unknown or ``shape`` is not 3 positive integers.
+    """
+    mode = look_up_option(interpolation, Interpolation, name="interpolation")
+    if len(shape) != 3 or any(int(s) < 1 for s in shape):
+        raise InvalidInputError(f"shape={shape!r}: expected 3 positive integers (z, y, x)")
+    image = to_sitk(volume)
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetOutputSpacing(geometry.spacing)
+    resampler.SetOutputOrigin(geometry.origin)
+    resampler.SetOutputDirection(geometry.direction)
+    resampler.SetSize([int(shape[2]), int(shape[1]), int(shape[0])])
+    resampler.SetInterpolator(_SITK_INTERPOLATORS[mode])
+    resampler.SetDefaultPixelValue(float(default_value))
+    resampler.SetOutputPixelType(image.GetPixelID())
+    out = resampler.Execute(image)
+    return Volume(sitk.GetArrayFromImage(out), geometry, volume.metadata)
+
+
+def resample_like(
+    volume: Volume, reference: Volume | tuple[Geometry, tuple[int, int, int]], *, interpolation: Interpolation | str = Interpolation.LINEAR, default_value: float = 0.0
+) -> Volume:
+    """Resample ``volume`` onto ``reference``'s grid (a Volume, or a ``(geometry, shape)`` pair)."""
+    if isinstance(reference, Volume):
+        geometry, shape = reference.geometry, reference.shape
+    else:
+        geometry, shape = reference
+    return resample(volume, geometry=geometry, shape=shape, interpolation=interpolation, default_value=default_value)
+
+
+def resample_to_spacing(
+    volume: Volume,
+    spacing: tuple[float, float, float],
+    *,
+    interpolation: Interpolation | str = Interpolation.LINEAR,
+    default_value: float = 0.0,
+) -> Volume:
+    """Resample ``volume`` to a new voxel spacing, keeping origin, direction and physical extent.
+
+    Parameters
+    ----------
+    spacing : tuple of 3 float
+        Target spacing in mm, ``(x, y, z)`` order like :attr:`Geometry.spacing`.
+
+    Notes
+    -----
+    The first voxel centre stays at the origin; the new size is ``round(size * old / new)`` per
+    axis (at least 1). Resampling back with :func:`resample_like` onto the original volume
+    restores its grid exactly.
+    """
+    new_geometry = Geometry(spacing, volume.geometry.origin, volume.geometry.direction)
+    old = volume.geometry.spacing
+    size_xyz = [max(1, int(round(n * o / s))) for n, o, s in zip(volume.shape[::-1], old, new_geometry.spacing)]
+    return resample(
+        volume, geometry=new_geometry, shape=tuple(size_xyz[::-1]), interpolation=interpolation, default_value=default_value
+    )
+
+
+def reorient(volume: Volume, orientation: str = "RAS") -> Volume:
+    """Permute and flip the array so its index axes point to ``orientation`` (e.g. "RAS", "LPS").
+
+    Only axis permutations and flips happen (no interpolation), so reorienting back to the
+    original code gives the identical array and geometry. For an oblique volume the closest
+    axis-aligned orientation is used.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``orientation`` is not three letters, one from each of R/L, A/P and S/I.
+    """
+    code = str(orientation).upper()
+    axes = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
+    if len(code) != 3 or any(c not in axes for c in code) or len({axes[c] for c in code}) != 3:
+        raise InvalidInputError(
+            f"orientation={orientation!r}: expected three letters, one each of R/L, A/P and S/I (e.g. 'RAS', 'LPS')"
+        )
+    oriented = sitk.DICOMOrient(to_sitk(volume), code)
+    out = from_sitk(oriented, metadata=volume.metadata)
+    return out
+
+
+def check_same_grid(a: Volume, b: Volume, *, names: tuple[str, str] = ("first", "second"), atol: float = 1e-4) -> None:
+    """Raise :class:`GeometryMismatchError` unless ``a`` and ``b`` share shape and geometry.
+
+    Parameters
+    ----------
+    atol : float, default 1e-4
+        Tolerance in mm (and for direction cosines); headers round-trip through float32 in NIfTI.
+    """
+    problems = []
+    if a.shape != b.shape:
+        problems.append(f"shape {a.shape} vs {b.shape}")
+    ga, gb = a.geometry, b.geometry
+    if not np.allclose(ga.spacing, gb.spacing, rtol=0, atol=atol):
+        problems.append(f"spacing {tuple(round(s, 6) for s in ga.spacing)} vs {tuple(round(s, 6) for s in gb.spacing)} mm")
+    if not np.allclose(ga.origin, gb.origin, rtol=0, atol=atol):
+        problems.append(f"origin {tuple(round(s, 4) for s in ga.origin)} vs {tuple(round(s, 4) for s in gb.origin)} mm")
+    if not np.allclose(ga.direction, gb.direction, rtol=0, atol=atol):
+        problems.append(f"direction {ga.orientation} vs {gb.orientation}")
+    if problems:
+        raise GeometryMismatchError(f"{names[0]} and {names[1]} are not on the same grid: " + "; ".join(problems))
+
+
+with contextlib.suppress(Exception):
+    # ITK prints warnings for harmless header quirks (e.g. non-orthogonal qform rounding) to stderr
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)

@@ -1,0 +1,49 @@
+"""Shared fixtures: small generated volumes with oblique, anisotropic geometry."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from napari_medseg.volume import Geometry, Volume
+
+
+def oblique_geometry(angle_rad: float = 0.3, spacing=(0.7, 0.9, 2.5), origin=(10.5, -20.25, 33.125)) -> Geometry:
+    """A geometry rotated about two axes with anisotropic spacing (SimpleITK x, y, z order)."""
+    c, s = np.cos(angle_rad), np.sin(angle_rad)
+    rz = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    return Geometry(spacing, origin, tuple((rz @ rx).ravel()))
+
+
+def ellipsoid_mask(shape, centre_zyx, radii_mm, spacing_zyx) -> np.ndarray:
+    """Boolean ellipsoid with radii in mm on an anisotropic grid."""
+    grids = np.meshgrid(*[(np.arange(n) - c) * s for n, c, s in zip(shape, centre_zyx, spacing_zyx)], indexing="ij")
+    return sum((g / r) ** 2 for g, r in zip(grids, radii_mm)) <= 1.0
+
+
+@pytest.fixture
+def oblique_volume() -> Volume:
+    rng = np.random.default_rng(42)
+    return Volume(rng.normal(100, 20, size=(6, 20, 24)).astype(np.float32), oblique_geometry())
+
+
+@pytest.fixture
+def run_cli():
+    """Run ``medseg`` in a subprocess (the real console entry point) and return the CompletedProcess."""
+
+    def _run(*args, check_rc: int | None = 0, **kwargs):
+        proc = subprocess.run(
+            [sys.executable, "-m", "napari_medseg.cli", *map(str, args)],
+            capture_output=True,
+            text=True,
+            **kwargs,
+        )
+        if check_rc is not None:
+            assert proc.returncode == check_rc, f"rc={proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}"
+        return proc
+
+    return _run
