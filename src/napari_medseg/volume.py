@@ -350,10 +350,82 @@ def volume_format(path: str | os.PathLike) -> VolumeFormat:
 
 
 def _sitk_error(path: Path, exc: Exception) -> FileFormatError:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    detail = next((ln for ln in reversed(lines) if not ln.startswith(("sitk::", "in ", "File "))), "")
-    detail = detail.split(": ", 1)[-1] if detail else "unreadable"
+    text = str(exc)
+    detail = text.split("sitk::ERROR:", 1)[1] if "sitk::ERROR:" in text else text.strip().splitlines()[-1]
+    detail = " ".join(detail.split())[:200] or "unreadable"
     return FileFormatError(f"{path}: cannot read the file; it is truncated, corrupt or not a valid image ({detail})")
+
+
+def _nifti_data_end(path: Path) -> int | None:
+    """Byte offset where a NIfTI file's voxel data should end (None if nibabel cannot parse it)."""
+    import nibabel as nib
+
+    try:
+        header = nib.load(str(path)).header
+    except Exception:  # noqa: BLE001 - SimpleITK's error is reported instead
+        return None
+    n_voxels = int(np.prod(header.get_data_shape()))
+    return int(header.get_data_offset()) + n_voxels * header.get_data_dtype().itemsize
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """Raise if a NIfTI file holds less voxel data than its header promises.
+
+    SimpleITK silently zero-fills truncated ``.nii`` and ``.nii.gz`` files (seen with SimpleITK
+    2.5), which would be a silent wrong result; a streaming decompression costs about 0.3 s per
+    100 MB and is the only way to know a gzip stream is complete.
+    """
+    import zlib
+
+    expected = _nifti_data_end(path)
+    if expected is None:
+        return
+    if path.name.lower().endswith(".gz"):
+        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        total = 0
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                total += len(decompressor.decompress(chunk))
+                while decompressor.unused_data and decompressor.eof:  # concatenated gzip members
+                    rest = decompressor.unused_data
+                    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                    total += len(decompressor.decompress(rest))
+        complete = decompressor.eof and total >= expected
+        size = total
+    else:
+        size = path.stat().st_size
+        complete = size >= expected
+    if not complete:
+        raise FileFormatError(
+            f"{path}: cannot read the file; it is truncated, corrupt or not a valid image "
+            f"(header promises {expected} bytes of header and data, the file holds {size})"
+        )
+
+
+def _read_nifti_with_nibabel(path: Path) -> Volume:
+    """NIfTI-2 (and other NIfTI variants SimpleITK has no reader for) through nibabel."""
+    import nibabel as nib
+
+    try:
+        image = nib.load(str(path))
+        data = np.asanyarray(image.dataobj)
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is a corrupt file for the user
+        raise FileFormatError(f"{path}: cannot read the file; it is truncated, corrupt or not a valid image ({exc})") from None
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InvalidInputError(
+            f"{path}: expected a 2D or 3D image; got a {data.ndim}D image of shape {data.shape} "
+            "(split 4D series into 3D volumes first)"
+        )
+    lps = np.diag([-1.0, -1.0, 1.0]) @ image.affine[:3, :]
+    spacing = np.linalg.norm(lps[:, :3], axis=0)
+    direction = lps[:, :3] / spacing
+    try:
+        geometry = Geometry(tuple(spacing), tuple(lps[:, 3]), tuple(direction.ravel()))
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{path}: the NIfTI affine has shear, which a volume cannot hold ({exc})") from None
+    return Volume(np.ascontiguousarray(data.transpose(2, 1, 0)), geometry)
 
 
 def _kept_metadata(image: sitk.Image | sitk.ImageFileReader) -> dict[str, str]:
@@ -431,11 +503,35 @@ def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
         reader.ReadImageInformation()
         image = reader.Execute()
     except RuntimeError as exc:
+        if fmt == VolumeFormat.NIFTI and "Unable to determine ImageIO reader" in str(exc):
+            return _read_nifti_with_nibabel(p)
         raise _sitk_error(p, exc) from None
+    if fmt == VolumeFormat.NIFTI:
+        _check_nifti_complete(p)
     try:
-        return from_sitk(image, metadata=_kept_metadata(reader))
+        volume = from_sitk(image, metadata=_kept_metadata(reader))
     except InvalidInputError as exc:
         raise InvalidInputError(f"{p}: {exc}") from None
+    if fmt == VolumeFormat.NIFTI and np.issubdtype(volume.array.dtype, np.floating):
+        _restore_nifti_nans(p, volume.array)
+    return volume
+
+
+def _restore_nifti_nans(path: Path, array: np.ndarray) -> None:
+    """Put back the NaN/Inf voxels that SimpleITK's NIfTI reader turns into 0 (seen with SimpleITK 2.5).
+
+    A NaN must reach the user's checks (inference refuses or masks it explicitly) instead of
+    silently becoming a valid intensity.
+    """
+    import nibabel as nib
+
+    data = np.asanyarray(nib.load(str(path)).dataobj)
+    data = data.reshape(data.shape[:3] + (-1,))[..., 0] if data.ndim > 3 else data
+    bad = ~np.isfinite(data)
+    if bad.any():
+        data_zyx, bad_zyx = data.transpose(2, 1, 0), bad.transpose(2, 1, 0)
+        if bad_zyx.shape == array.shape[:3]:
+            array[bad_zyx] = data_zyx[bad_zyx]
 
 
 def as_label_array(array: np.ndarray, *, name: str = "labels") -> np.ndarray:
@@ -532,7 +628,7 @@ def _segment_metadata(
     return meta
 
 
-def _write_dicom_series(volume: Volume, folder: Path) -> None:
+def _check_dicom_writable(volume: Volume, folder: Path) -> None:
     array = volume.array
     if array.ndim != 3:
         raise InvalidInputError(f"{folder}: DICOM output needs a scalar volume; got {volume.n_components} components")
@@ -541,11 +637,17 @@ def _write_dicom_series(volume: Volume, folder: Path) -> None:
             f"{folder}: DICOM output supports integer images; got {array.dtype} "
             "(write NIfTI, NRRD or MetaImage for floating-point data)"
         )
+    if array.dtype in (np.int32, np.int64, np.uint32, np.uint64):
+        low, high = int(array.min()), int(array.max())
+        if low < -32768 or high > 65535 or (low < 0 and high > 32767):
+            raise InvalidInputError(f"{folder}: values {low}..{high} do not fit DICOM's 16-bit pixels")
+
+
+def _write_dicom_series(volume: Volume, folder: Path) -> None:
+    array = volume.array
     image = to_sitk(volume)
     if array.dtype in (np.int32, np.int64, np.uint32, np.uint64):
         low, high = int(array.min()), int(array.max())
-        if low < -32768 or high > 65535:
-            raise InvalidInputError(f"{folder}: values {low}..{high} do not fit DICOM's 16-bit pixels")
         image = sitk.Cast(image, sitk.sitkInt16 if low < 0 or high <= 32767 else sitk.sitkUInt16)
     stamp = time.strftime("%Y%m%d"), time.strftime("%H%M%S")
     series_uid = "1.2.826.0.1.3680043.2.1125." + str(int(time.time() * 1e6)) + f".{os.getpid()}"
@@ -615,6 +717,7 @@ def write_volume(
     array = volume.array
     metadata = {k: str(v) for k, v in volume.metadata.items()}
     if fmt == VolumeFormat.DICOM:
+        _check_dicom_writable(volume, target)
         with atomic_directory(target) as tmp:
             _write_dicom_series(volume, tmp)
         return target

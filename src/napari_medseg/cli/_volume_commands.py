@@ -31,6 +31,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("--labels", action="store_true", help="treat the input as a label map (checks integer values)")
     convert.set_defaults(func=run_convert)
 
+    sample = subparsers.add_parser(
+        "sample-data",
+        help="write the demo volume (MNI152 T1) and its tissue labels into a folder",
+        description="Write nilearn's MNI152 T1 template (the demo volume) and grey/white matter labels derived "
+        "from its tissue maps into OUT_DIR. Nothing is downloaded: the files ship inside nilearn.",
+    )
+    sample.add_argument("output", metavar="OUT_DIR", nargs="?", default="medseg-demo", help="folder (default: ./medseg-demo)")
+    sample.set_defaults(func=run_sample_data)
+
 
 def volume_info(volume, path: str) -> dict:
     """The facts ``medseg info`` prints, as a JSON-ready dict."""
@@ -85,3 +94,10 @@ def run_convert(args: argparse.Namespace) -> None:
     volume = read(args.input, series_uid=args.series_uid)
     out = write_volume(volume, args.output)
     print(f"wrote {out} ({' x '.join(map(str, volume.shape))}, {volume.array.dtype}, {volume.geometry.describe()})")
+
+
+def run_sample_data(args: argparse.Namespace) -> None:
+    from napari_medseg.sample_data import write_demo_data
+
+    for kind, path in write_demo_data(args.output).items():
+        print(f"{kind}: {path}")

@@ -1,0 +1,376 @@
+"""Similarity metrics for shape-based deformable registration and their forces.
+
+The paper's metric is UDT-SSD (updated distance transformation, sum of squared differences,
+Grélard et al., MIUA 2023): the Euclidean distance transform (DT) of the *current warped target
+mask* is recomputed at every iteration and compared with the DT of the reference mask,
+
+    S(u) = 1/2 * sum_x (D_I(x) - D_u(x))^2,   D_u = DT([M_T(x + u(x)) >= 0.5]),
+
+with the force (the negative gradient of S with respect to ``u``)
+
+    f(x) = (D_I(x) - D_u(x)) * grad D_u(x).
+
+Distance transforms are in millimetres (``scipy.ndimage.distance_transform_edt`` with
+``sampling=spacing``), positive inside the object and 0 outside, as in the paper's definition
+``DT(p) = min_{q not in O} ||p - q||``.
+
+References
+----------
+F. Grélard et al., "A New Similarity Metric for Deformable Registration of MALDI-MS and MRI
+Images", MIUA 2023, LNCS 14122, pp. 171-181, https://doi.org/10.1007/978-3-031-48593-0_13
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+
+import numpy as np
+from scipy import ndimage
+
+from napari_medseg._options import look_up_option
+from napari_medseg.errors import InvalidInputError
+
+__all__ = [
+    "Metric",
+    "ForceGradient",
+    "normalize_spacing",
+    "check_mask",
+    "distance_transform",
+    "scale_invariant_distance_transform",
+    "udt_ssd",
+    "ssd",
+    "ssd_force",
+    "udt_force",
+]
+
+
+class Metric(StrEnum):
+    """Similarity metric of :func:`napari_medseg.registration.register`.
+
+    ``udt``: the paper's UDT-SSD, DT of the warped target mask recomputed every iteration.
+    ``dt``: SSD of distance transforms, the target DT computed once and warped (paper's "DT").
+    ``intensity``: SSD of intensities rescaled to [0, 1] (paper's "Int").
+    ``reference``: what the authors' public C++ code does: the original target DT is warped and
+    only linearly rescaled to the value range of the DT recomputed on the warped mask.
+    """
+
+    UDT = "udt"
+    DT = "dt"
+    INTENSITY = "intensity"
+    REFERENCE = "reference"
+
+
+class ForceGradient(StrEnum):
+    """Which gradient drives the SSD force: of the warped target (``warped``, the paper's and the
+    default), of the reference (``fixed``), or their mean (``symmetric``)."""
+
+    WARPED = "warped"
+    FIXED = "fixed"
+    SYMMETRIC = "symmetric"
+
+
+def normalize_spacing(spacing: float | Sequence[float] | None, ndim: int, *, name: str = "spacing") -> tuple[float, ...]:
+    """Return ``spacing`` as one positive float per array axis (mm, array order).
+
+    Raises
+    ------
+    InvalidInputError
+        If the number of values does not match ``ndim`` or a value is not finite and > 0.
+    """
+    if spacing is None:
+        values = (1.0,) * ndim
+    elif np.isscalar(spacing):
+        values = (float(spacing),) * ndim  # type: ignore[arg-type]
+    else:
+        values = tuple(float(s) for s in spacing)  # type: ignore[union-attr]
+    if len(values) != ndim or not all(np.isfinite(v) and v > 0 for v in values):
+        raise InvalidInputError(
+            f"{name}={spacing!r}: expected {ndim} finite values > 0 in mm (array axis order) or one number"
+        )
+    return values
+
+
+def check_mask(mask: np.ndarray, *, name: str, border: bool = True) -> np.ndarray:
+    """Return ``mask`` as a boolean array after checking it is usable for registration.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        2D or 3D array; non-zero voxels are the object.
+    name : str
+        The parameter's name, for messages.
+    border : bool, default True
+        Also refuse a mask that touches the array border (the distance transform is then
+        measured to the border of the image, not of the object).
+
+    Raises
+    ------
+    InvalidInputError
+        If the mask is not 2D/3D, holds NaN, is empty, or touches the border.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim not in (2, 3):
+        raise InvalidInputError(f"{name}: expected a 2D or 3D mask, got shape {mask.shape}")
+    if np.issubdtype(mask.dtype, np.floating) and not np.all(np.isfinite(mask)):
+        raise InvalidInputError(f"{name}: the mask contains NaN or Inf values")
+    out = mask.astype(bool, copy=False)
+    if not out.any():
+        raise InvalidInputError(f"{name}: the mask is empty (no object voxel); give a segmentation or another threshold")
+    if border:
+        for axis in range(out.ndim):
+            if out.shape[axis] == 1:
+                continue
+            first = np.take(out, 0, axis=axis).any()
+            last = np.take(out, out.shape[axis] - 1, axis=axis).any()
+            if first or last:
+                side = "first" if first else "last"
+                raise InvalidInputError(
+                    f"{name}: the object touches the image border ({side} index of array axis {axis}); the distance "
+                    "transform would be measured to the image border. Pad both images (e.g. numpy.pad by a few "
+                    "voxels) or crop the object away from the border"
+                )
+    return out
+
+
+def scale_invariant_distance_transform(mask: np.ndarray, spacing: Sequence[float], *, distance: np.ndarray | None = None) -> np.ndarray:
+    """Distance transform divided by the local object scale, in [0, 1].
+
+    The local scale of an object voxel is the DT value at its nearest skeleton voxel (the radius
+    of the largest inscribed ball there), so thin and thick parts of the object both range from
+    about ``h / radius`` at the boundary to 1 on their medial axis. This is the "scale-invariant
+    distance transform" the paper proposes as future work.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray of bool
+        2D or 3D object mask.
+    spacing : sequence of float
+        Voxel size in mm per array axis.
+    distance : numpy.ndarray, optional
+        The mask's Euclidean DT if already computed.
+
+    Returns
+    -------
+    numpy.ndarray of float32
+        Same shape as ``mask``; 0 outside the object.
+    """
+    from skimage.morphology import skeletonize
+
+    mask = np.asarray(mask, dtype=bool)
+    if distance is None:
+        distance = ndimage.distance_transform_edt(mask, sampling=spacing)
+    if not mask.any():
+        return np.zeros(mask.shape, np.float32)
+    skeleton = skeletonize(mask)
+    if not skeleton.any():
+        skeleton = distance == distance.max()
+    _, indices = ndimage.distance_transform_edt(~skeleton, sampling=spacing, return_indices=True)
+    scale = distance[tuple(indices)]
+    out = np.zeros(mask.shape, np.float32)
+    inside = mask & (scale > 0)
+    out[inside] = np.minimum(distance[inside] / scale[inside], 1.0)
+    return out
+
+
+def distance_transform(
+    mask: np.ndarray, spacing: float | Sequence[float] | None = None, *, scale_invariant: bool = False, scale_mm: float = 1.0
+) -> np.ndarray:
+    """Euclidean distance transform of a mask in mm: distance of each object voxel to the nearest
+    background voxel, 0 outside.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        2D or 3D array, non-zero is the object.
+    spacing : float or sequence of float, optional
+        Voxel size in mm per array axis (default 1).
+    scale_invariant : bool, default False
+        Return :func:`scale_invariant_distance_transform` multiplied by ``scale_mm`` instead.
+    scale_mm : float, default 1.0
+        Multiplier of the scale-invariant DT so it keeps the units (mm) and magnitude of a DT.
+
+    Returns
+    -------
+    numpy.ndarray of float32
+        Same shape as ``mask``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> m = np.zeros((1, 7), bool); m[0, 1:6] = True
+    >>> distance_transform(m[0], 2.0).tolist()
+    [0.0, 2.0, 4.0, 6.0, 4.0, 2.0, 0.0]
+    """
+    mask = np.asarray(mask).astype(bool, copy=False)
+    sampling = normalize_spacing(spacing, mask.ndim)
+    dist = ndimage.distance_transform_edt(mask, sampling=sampling)
+    if scale_invariant:
+        return (scale_invariant_distance_transform(mask, sampling, distance=dist) * np.float32(scale_mm)).astype(np.float32)
+    return dist.astype(np.float32, copy=False)
+
+
+def ssd(a: np.ndarray, b: np.ndarray) -> float:
+    """``1/2 * sum((a - b)^2)`` in float64."""
+    diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    return 0.5 * float(np.dot(diff.ravel(), diff.ravel()))
+
+
+def udt_ssd(reference_mask: np.ndarray, warped_target_mask: np.ndarray, spacing: float | Sequence[float] | None = None) -> float:
+    """The UDT-SSD metric: ``1/2 * sum (DT(reference) - DT(warped target))^2`` (mm^2).
+
+    Both distance transforms are computed from the masks given, so this is the metric of the
+    paper for a target mask that has already been warped; lower is better, 0 for equal masks.
+
+    Parameters
+    ----------
+    reference_mask : numpy.ndarray
+        Reference (fixed) mask M_I, 2D or 3D; non-zero is the object.
+    warped_target_mask : numpy.ndarray
+        Warped target (moving) mask ``[M_T(x + u(x)) >= 0.5]``, same shape.
+    spacing : float or sequence of float, optional
+        Voxel size in mm per array axis (default 1 mm).
+
+    Returns
+    -------
+    float
+        The metric in mm^2 (summed over voxels, not averaged).
+
+    Raises
+    ------
+    InvalidInputError
+        If the shapes differ, a mask is not 2D/3D or holds NaN, or ``spacing`` is invalid.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = np.zeros((1, 7), bool); a[0, 1:6] = True     # DT 1 2 3 2 1
+    >>> b = np.zeros((1, 7), bool); b[0, 1:4] = True     # DT 1 2 1
+    >>> udt_ssd(a, b)   # differences 0 0 2 2 1 -> (0 + 0 + 4 + 4 + 1) / 2
+    4.5
+    """
+    ref = np.asarray(reference_mask)
+    tgt = np.asarray(warped_target_mask)
+    if ref.shape != tgt.shape:
+        raise InvalidInputError(
+            f"reference_mask has shape {ref.shape} but warped_target_mask has shape {tgt.shape}; expected the same"
+        )
+    for name, m in (("reference_mask", ref), ("warped_target_mask", tgt)):
+        if m.ndim not in (2, 3):
+            raise InvalidInputError(f"{name}: expected a 2D or 3D mask, got shape {m.shape}")
+        if np.issubdtype(m.dtype, np.floating) and not np.all(np.isfinite(m)):
+            raise InvalidInputError(f"{name}: the mask contains NaN or Inf values")
+    sampling = normalize_spacing(spacing, ref.ndim)
+    return ssd(distance_transform(ref, sampling), distance_transform(tgt, sampling))
+
+
+def _gradient(image: np.ndarray, spacing: Sequence[float]) -> list[np.ndarray]:
+    if image.ndim == 1:
+        return [np.gradient(image, spacing[0])]
+    return [g.astype(np.float32, copy=False) for g in np.gradient(image, *spacing)]
+
+
+def ssd_force(
+    fixed: np.ndarray,
+    warped: np.ndarray,
+    *,
+    spacing: float | Sequence[float] | None = None,
+    gradient: ForceGradient | str = ForceGradient.WARPED,
+    fixed_gradient: Sequence[np.ndarray] | None = None,
+) -> np.ndarray:
+    """SSD force ``(fixed - warped) * grad(warped)`` (or ``grad(fixed)``, or their mean).
+
+    This is the negative gradient of ``1/2 sum (fixed - moving(x + u))^2`` with respect to the
+    displacement ``u``, with ``grad moving(x + u) ~ grad(warped)``; adding ``tau * force`` to ``u``
+    is a gradient-descent step.
+
+    Parameters
+    ----------
+    fixed, warped : numpy.ndarray
+        2D or 3D arrays of the same shape (DT maps in mm for the DT metrics).
+    spacing : float or sequence of float, optional
+        Voxel size in mm per array axis (default 1); gradients are central differences in 1/mm.
+    gradient : {"warped", "fixed", "symmetric"}, default "warped"
+        Which image's gradient is used (see :class:`ForceGradient`).
+    fixed_gradient : sequence of numpy.ndarray, optional
+        Precomputed gradient of ``fixed`` (one array per axis), reused across iterations.
+
+    Returns
+    -------
+    numpy.ndarray of float32
+        Shape ``(ndim, *fixed.shape)``: the force per array axis.
+
+    Raises
+    ------
+    InvalidInputError
+        If the shapes differ or ``gradient`` is unknown.
+    """
+    fixed = np.asarray(fixed, np.float32)
+    warped = np.asarray(warped, np.float32)
+    if fixed.shape != warped.shape:
+        raise InvalidInputError(f"fixed has shape {fixed.shape} but warped has shape {warped.shape}; expected the same")
+    mode = look_up_option(gradient, ForceGradient, name="gradient")
+    sampling = normalize_spacing(spacing, fixed.ndim)
+    diff = fixed - warped
+    if mode == ForceGradient.WARPED:
+        grads = _gradient(warped, sampling)
+    else:
+        fgrad = list(fixed_gradient) if fixed_gradient is not None else _gradient(fixed, sampling)
+        if mode == ForceGradient.FIXED:
+            grads = fgrad
+        else:
+            grads = [0.5 * (a + b) for a, b in zip(_gradient(warped, sampling), fgrad)]
+    out = np.empty((fixed.ndim, *fixed.shape), np.float32)
+    for axis, g in enumerate(grads):
+        np.multiply(diff, g, out=out[axis])
+    return out
+
+
+def udt_force(
+    reference_distance: np.ndarray,
+    warped_target_mask: np.ndarray,
+    *,
+    spacing: float | Sequence[float] | None = None,
+    gradient: ForceGradient | str = ForceGradient.WARPED,
+) -> np.ndarray:
+    """UDT-SSD force ``(D_I - D_u) * grad D_u`` with ``D_u`` recomputed from the warped mask.
+
+    Parameters
+    ----------
+    reference_distance : numpy.ndarray
+        D_I, the distance transform (mm) of the reference mask (see :func:`distance_transform`).
+    warped_target_mask : numpy.ndarray
+        The warped target mask ``[M_T(x + u(x)) >= 0.5]``, same shape.
+    spacing : float or sequence of float, optional
+        Voxel size in mm per array axis (default 1).
+    gradient : {"warped", "fixed", "symmetric"}, default "warped"
+        ``grad D_u`` (paper), ``grad D_I`` or their mean.
+
+    Returns
+    -------
+    numpy.ndarray of float32
+        Shape ``(ndim, *shape)``, in mm (a displacement per unit time step).
+
+    Raises
+    ------
+    InvalidInputError
+        If the shapes differ or ``gradient`` is unknown.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ref = np.zeros((1, 9), bool); ref[0, 2:7] = True
+    >>> tgt = np.zeros((1, 9), bool); tgt[0, 3:6] = True
+    >>> f = udt_force(distance_transform(ref[0]), tgt[0])
+    >>> f.round(2).tolist()   # samples move inwards on both sides: the warped target grows
+    [[0.0, 0.0, 0.5, 1.0, 0.0, -1.0, -0.5, 0.0, 0.0]]
+    """
+    d_ref = np.asarray(reference_distance, np.float32)
+    mask = np.asarray(warped_target_mask)
+    if d_ref.shape != mask.shape:
+        raise InvalidInputError(
+            f"reference_distance has shape {d_ref.shape} but warped_target_mask has shape {mask.shape}; expected the same"
+        )
+    sampling = normalize_spacing(spacing, d_ref.ndim)
+    d_u = distance_transform(mask, sampling)
+    return ssd_force(d_ref, d_u, spacing=sampling, gradient=gradient)
