@@ -17,7 +17,14 @@ import numpy as np
 from napari_medseg.errors import MedsegError
 from napari_medseg.volume import Volume, read_volume, write_volume
 
-__all__ = ["TISSUE_LABELS", "mni152_file", "mni152_t1", "mni152_tissue_labels", "write_demo_data"]
+__all__ = [
+    "TISSUE_LABELS",
+    "mni152_file",
+    "mni152_t1",
+    "mni152_tissue_probabilities",
+    "mni152_tissue_labels",
+    "write_demo_data",
+]
 
 #: label value -> (name, RGB colour 0-1) of the demo tissue labels
 TISSUE_LABELS = {
@@ -54,6 +61,19 @@ def mni152_t1() -> Volume:
     return read_volume(mni152_file("t1"))
 
 
+def _probability(volume: Volume) -> Volume:
+    # the maps ship as uint8 scaled to 0-255 (nilearn rescales them the same way when loading)
+    array = volume.array.astype(np.float32)
+    if np.issubdtype(volume.array.dtype, np.integer):
+        array /= float(np.iinfo(volume.array.dtype).max)
+    return volume.derive(array)
+
+
+def mni152_tissue_probabilities() -> tuple[Volume, Volume]:
+    """Grey and white matter probability maps (float32, 0-1) on the T1's grid."""
+    return _probability(read_volume(mni152_file("gm"))), _probability(read_volume(mni152_file("wm")))
+
+
 def mni152_tissue_labels(*, threshold: float = 0.5) -> Volume:
     """Grey/white matter labels derived from nilearn's probability maps (see the module docstring).
 
@@ -62,9 +82,8 @@ def mni152_tissue_labels(*, threshold: float = 0.5) -> Volume:
     threshold : float, default 0.5
         Minimum tissue probability for a voxel to leave the background.
     """
-    gm = read_volume(mni152_file("gm"))
-    wm = read_volume(mni152_file("wm"))
-    probs = np.stack([gm.array.astype(np.float32), wm.array.astype(np.float32)])
+    gm, wm = mni152_tissue_probabilities()
+    probs = np.stack([gm.array, wm.array])
     labels = (np.argmax(probs, axis=0) + 1).astype(np.uint8)
     labels[probs.max(axis=0) < threshold] = 0
     return gm.derive(labels)

@@ -233,7 +233,7 @@ class UNet(StagedNetwork):
         for level in reversed(range(n_levels)):
             up = Convolution(
                 spatial_dims, channels[level + 1], channels[level], strides=strides[level],
-                kernel_size=strides[level], is_transposed=True, conv_only=True,
+                kernel_size=strides[level], is_transposed=True, conv_only=True, padding=0, output_padding=0,
             )
             stages.append(Apply(up))
             stages.append(PopConcat())
@@ -246,7 +246,7 @@ class UNet(StagedNetwork):
         if first_stride > 1:
             head = Convolution(
                 spatial_dims, channels[0], out_channels, strides=first_stride, kernel_size=first_stride,
-                is_transposed=True, conv_only=True,
+                is_transposed=True, conv_only=True, padding=0, output_padding=0,
             )
         else:
             head = Convolution(spatial_dims, channels[0], out_channels, kernel_size=1, conv_only=True)

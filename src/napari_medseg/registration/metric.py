@@ -37,6 +37,7 @@ __all__ = [
     "normalize_spacing",
     "check_mask",
     "distance_transform",
+    "local_scale",
     "scale_invariant_distance_transform",
     "udt_ssd",
     "ssd",
@@ -133,49 +134,84 @@ def check_mask(mask: np.ndarray, *, name: str, border: bool = True) -> np.ndarra
     return out
 
 
-def scale_invariant_distance_transform(mask: np.ndarray, spacing: Sequence[float], *, distance: np.ndarray | None = None) -> np.ndarray:
-    """Distance transform divided by the local object scale, in [0, 1].
-
-    The local scale of an object voxel is the DT value at its nearest skeleton voxel (the radius
-    of the largest inscribed ball there), so thin and thick parts of the object both range from
-    about ``h / radius`` at the boundary to 1 on their medial axis. This is the "scale-invariant
-    distance transform" the paper proposes as future work.
+def local_scale(mask: np.ndarray, spacing: float | Sequence[float] | None = None) -> np.ndarray:
+    """Local object scale in mm: the DT value (inscribed-ball radius) at the nearest skeleton voxel.
 
     Parameters
     ----------
-    mask : numpy.ndarray of bool
-        2D or 3D object mask.
-    spacing : sequence of float
-        Voxel size in mm per array axis.
-    distance : numpy.ndarray, optional
-        The mask's Euclidean DT if already computed.
+    mask : numpy.ndarray
+        2D or 3D object mask (non-zero is the object).
+    spacing : float or sequence of float, optional
+        Voxel size in mm per array axis (default 1).
 
     Returns
     -------
     numpy.ndarray of float32
-        Same shape as ``mask``; 0 outside the object.
+        Same shape as ``mask``, defined everywhere (outside the object too, from the nearest
+        skeleton voxel), > 0 where the mask is not empty.
+
+    Raises
+    ------
+    InvalidInputError
+        If the mask is empty.
     """
     from skimage.morphology import skeletonize
 
-    mask = np.asarray(mask, dtype=bool)
-    if distance is None:
-        distance = ndimage.distance_transform_edt(mask, sampling=spacing)
+    mask = np.asarray(mask).astype(bool, copy=False)
     if not mask.any():
-        return np.zeros(mask.shape, np.float32)
+        raise InvalidInputError("local_scale: the mask is empty")
+    sampling = normalize_spacing(spacing, mask.ndim)
+    distance = ndimage.distance_transform_edt(mask, sampling=sampling)
     skeleton = skeletonize(mask)
     if not skeleton.any():
         skeleton = distance == distance.max()
-    _, indices = ndimage.distance_transform_edt(~skeleton, sampling=spacing, return_indices=True)
-    scale = distance[tuple(indices)]
-    out = np.zeros(mask.shape, np.float32)
-    inside = mask & (scale > 0)
-    out[inside] = np.minimum(distance[inside] / scale[inside], 1.0)
-    return out
+    _, indices = ndimage.distance_transform_edt(~skeleton, sampling=sampling, return_indices=True)
+    return distance[tuple(indices)].astype(np.float32)
 
 
-def distance_transform(
-    mask: np.ndarray, spacing: float | Sequence[float] | None = None, *, scale_invariant: bool = False, scale_mm: float = 1.0
+def scale_invariant_distance_transform(
+    mask: np.ndarray, spacing: float | Sequence[float] | None = None, *, scale: np.ndarray | None = None
 ) -> np.ndarray:
+    """Distance transform divided by the local object scale (the paper's future-work proposal).
+
+    With ``scale=None`` the mask's own :func:`local_scale` is used, so every part of the object,
+    thin or thick, ranges from about ``h / radius`` at its boundary to 1 on its medial axis.
+    Registration uses a fixed ``scale`` map (the reference's) for both masks: a warped mask's own
+    skeleton changes discontinuously from one iteration to the next (spurious branches at each
+    dent), which made the self-normalised version diverge or shrink the object in our tests.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        2D or 3D object mask.
+    spacing : float or sequence of float, optional
+        Voxel size in mm per array axis (default 1).
+    scale : numpy.ndarray, optional
+        Local scale map in mm (same shape, > 0), e.g. the reference's :func:`local_scale`.
+
+    Returns
+    -------
+    numpy.ndarray of float32
+        Unitless, 0 outside the object.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``scale`` has another shape or non-positive values.
+    """
+    mask = np.asarray(mask).astype(bool, copy=False)
+    sampling = normalize_spacing(spacing, mask.ndim)
+    if scale is None:
+        if not mask.any():
+            return np.zeros(mask.shape, np.float32)
+        scale = local_scale(mask, sampling)
+    scale = np.asarray(scale, np.float32)
+    if scale.shape != mask.shape or not np.all(scale > 0):
+        raise InvalidInputError(f"scale: expected a map of shape {mask.shape} with values > 0")
+    return (distance_transform(mask, sampling) / scale).astype(np.float32)
+
+
+def distance_transform(mask: np.ndarray, spacing: float | Sequence[float] | None = None) -> np.ndarray:
     """Euclidean distance transform of a mask in mm: distance of each object voxel to the nearest
     background voxel, 0 outside.
 
@@ -185,10 +221,6 @@ def distance_transform(
         2D or 3D array, non-zero is the object.
     spacing : float or sequence of float, optional
         Voxel size in mm per array axis (default 1).
-    scale_invariant : bool, default False
-        Return :func:`scale_invariant_distance_transform` multiplied by ``scale_mm`` instead.
-    scale_mm : float, default 1.0
-        Multiplier of the scale-invariant DT so it keeps the units (mm) and magnitude of a DT.
 
     Returns
     -------
@@ -199,15 +231,12 @@ def distance_transform(
     --------
     >>> import numpy as np
     >>> m = np.zeros((1, 7), bool); m[0, 1:6] = True
-    >>> distance_transform(m[0], 2.0).tolist()
-    [0.0, 2.0, 4.0, 6.0, 4.0, 2.0, 0.0]
+    >>> distance_transform(m, 2.0).tolist()
+    [[0.0, 2.0, 4.0, 6.0, 4.0, 2.0, 0.0]]
     """
     mask = np.asarray(mask).astype(bool, copy=False)
     sampling = normalize_spacing(spacing, mask.ndim)
-    dist = ndimage.distance_transform_edt(mask, sampling=sampling)
-    if scale_invariant:
-        return (scale_invariant_distance_transform(mask, sampling, distance=dist) * np.float32(scale_mm)).astype(np.float32)
-    return dist.astype(np.float32, copy=False)
+    return ndimage.distance_transform_edt(mask, sampling=sampling).astype(np.float32, copy=False)
 
 
 def ssd(a: np.ndarray, b: np.ndarray) -> float:
@@ -265,9 +294,14 @@ def udt_ssd(reference_mask: np.ndarray, warped_target_mask: np.ndarray, spacing:
 
 
 def _gradient(image: np.ndarray, spacing: Sequence[float]) -> list[np.ndarray]:
-    if image.ndim == 1:
-        return [np.gradient(image, spacing[0])]
-    return [g.astype(np.float32, copy=False) for g in np.gradient(image, *spacing)]
+    """Central differences per axis in 1/mm (one-sided at the ends, 0 along size-1 axes)."""
+    out = []
+    for axis, h in enumerate(spacing):
+        if image.shape[axis] < 2:
+            out.append(np.zeros(image.shape, np.float32))
+        else:
+            out.append(np.gradient(image, float(h), axis=axis).astype(np.float32, copy=False))
+    return out
 
 
 def ssd_force(
