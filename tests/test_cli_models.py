@@ -34,7 +34,8 @@ def test_list_show_and_shadowing(run_cli, registry_env, tmp_path):
     assert [(m["name"], m["source"], m["shadowed_by"]) for m in listing["shadowed"]] == [
         ("tiny", "user", str(winner.folder))
     ]
-    assert listing["problems"][0]["folder"].endswith("broken") and "task: Field required" in listing["problems"][0]["error"]
+    problem = listing["problems"][0]
+    assert problem["folder"].endswith("broken") and "task: Field required" in problem["error"]
     assert [s["source"] for s in listing["search_path"]][:2] == ["env", "user"]
     assert "first folder wins" in listing["precedence"]
 

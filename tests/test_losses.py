@@ -32,6 +32,12 @@ Z_LOGITS[0, 0, 2] = 2.0
 Z_TARGET = torch.tensor([[0, 0, 1, 1]])
 CE_PIX2 = math.log(1.0 + math.e**2)  # -log(1 / (1 + e^2))
 
+# One pixel, three classes, p = (0.2, 0.5, 0.3), labelled 1: exercises Eq. (17)'s beta (for two
+# classes the one-vs-rest terms coincide, so beta would have no effect at gamma = 0).
+L3 = torch.log(torch.tensor([0.2, 0.5, 0.3])).view(1, 3, 1)
+T3 = torch.tensor([[1]])
+CE_BETA = 0.3 * -math.log(0.8) + 0.7 * -math.log(0.5) + 0.3 * -math.log(0.7)
+
 HAND_CASES = [
     # name, params, logits, target, expected (written out from the paper's equations)
     ("ce", {}, torch.zeros(1, 2, 4), torch.tensor([[0, 1, 1, 0]]), LN2),
@@ -41,6 +47,10 @@ HAND_CASES = [
     ("focal", {}, torch.zeros(1, 2, 4), torch.tensor([[0, 1, 1, 0]]), 0.25 * 0.5**2 * LN2),
     ("focal", {"alpha": [0.2, 0.8], "gamma": 1.0}, P_LOGITS, P_TARGET,
      (0.8 * 0.9 * -math.log(0.1) + 0.2 * 0.4 * -math.log(0.6)) / 2),
+    ("focal", {"alpha": 1.0, "gamma": 0.0, "beta": 0.7}, L3, T3, CE_BETA),
+    ("focal", {"alpha": 1.0, "gamma": 2.0, "beta": 0.7}, L3, T3,
+     0.3 * 0.2**2 * -math.log(0.8) + 0.7 * 0.5**2 * -math.log(0.5) + 0.3 * 0.3**2 * -math.log(0.7)),
+    ("combo", {"alpha": 0.5, "beta": 0.7, "smooth": 0.0}, L3, T3, 0.5 * CE_BETA - 0.5 * (0.5 / (0.5 + 0.25))),
     ("tversky", {"smooth": 0.0, "include_background": False}, P_LOGITS, P_TARGET, 1 - 0.1 / (0.1 + 0.7 * 0.9 + 0.3 * 0.4)),
     ("tversky", {"smooth": 0.0}, P_LOGITS, P_TARGET,
      (1 - 0.1 / (0.1 + 0.7 * 0.9 + 0.3 * 0.4)) + (1 - 0.6 / (0.6 + 0.7 * 0.4 + 0.3 * 0.9))),
@@ -407,3 +417,34 @@ def test_invalid_call_time_parameters():
 def test_invalid_num_classes():
     with pytest.raises(InvalidInputError, match="num_classes"):
         target_to_probabilities(torch.zeros(1, 4, dtype=torch.long), 1)
+
+
+@pytest.mark.parametrize("name", list(LossName))
+def test_minimising_recovers_the_segmentation(name):
+    """Adam on free logits: every loss is minimised by the true label map (rare class 2 included)."""
+    g = torch.Generator().manual_seed(19)
+    target = torch.randint(0, 2, (2, 8, 8), generator=g)
+    target[0, 2:4, 5:7] = 2  # a rare class: 4 of 128 pixels
+    logits = (0.01 * torch.randn(2, 3, 8, 8, generator=g)).requires_grad_(True)
+    loss = get_loss(name, **({"k": 0.25} if name == "topk_ce" else {}))
+    optimiser = torch.optim.Adam([logits], lr=0.1)
+    first = None
+    for _ in range(40):
+        optimiser.zero_grad()
+        value = loss(logits, target)
+        first = value.item() if first is None else first
+        value.backward()
+        optimiser.step()
+    assert value.item() < first
+    assert torch.equal(logits.argmax(1), target)
+
+
+def test_half_precision_logits_are_computed_in_float32():
+    logits, target = _random_case(20)
+    for name in ("dice", "focal", "unified_focal"):
+        loss = get_loss(name)
+        low = loss(logits.bfloat16(), target)
+        assert low.dtype == torch.float32
+        assert torch.allclose(low, loss(logits.bfloat16().float(), target), atol=1e-6)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert loss(logits, target).dtype == torch.float32

@@ -79,6 +79,7 @@ def _brute_closing(mask, footprint):
         (1.5, (1.0, 1.0, 1.0), (3, 3, 3), 1 + 6 + 12),  # plus the edge neighbours (sqrt 2)
         # exact tie: z neighbours at exactly 2.5 mm belong to the ball; disc of radius 2.5 holds 21
         (2.5, (2.5, 1.0, 1.0), (3, 5, 5), 21 + 2),
+        (0.3, (0.1, 0.1, 0.1), (7, 7, 7), 123),  # 3 * 0.1 > 0.3 in floats: ties still belong
         (0.0, (2.5, 0.9, 0.7), (1, 1, 1), 1),
         (0.5, (2.5, 0.9, 0.7), (1, 1, 1), 1),
     ],
@@ -130,6 +131,16 @@ def test_box_erodes_and_dilates_by_radius_in_voxels_per_axis(radius_mm, shrink_z
     assert grown.sum() > box.sum()
 
 
+@pytest.mark.parametrize("radius_mm, count", [(0.3, 123), (0.6, 925)])  # scipy and distance-transform paths
+def test_exact_ties_belong_to_the_ball_on_both_paths(radius_mm, count):
+    mask = np.zeros((15, 15, 15), dtype=np.uint8)
+    mask[7, 7, 7] = 1
+    assert int(dilation(mask, radius_mm=radius_mm, spacing_mm=(0.1, 0.1, 0.1)).sum()) == count
+    cube = np.ones((15, 15, 15), dtype=np.uint8)
+    cube[7, 7, 7] = 0
+    assert int((erosion(cube, radius_mm=radius_mm, spacing_mm=(0.1, 0.1, 0.1)) == 0).sum()) == count
+
+
 def test_dilation_of_one_voxel_is_the_footprint():
     mask = np.zeros((5, 11, 13), dtype=bool)
     mask[2, 5, 6] = True
@@ -140,11 +151,12 @@ def test_dilation_of_one_voxel_is_the_footprint():
     assert np.array_equal(grown, expected)
 
 
-@pytest.mark.parametrize("radius_mm", [0.8, 1.9, 3.3])  # footprints of 3, 29 and 209 voxels
+# footprints of 3, 15 and 105 voxels (scipy footprint path) and 167 voxels (distance transform path)
+@pytest.mark.parametrize("radius_mm", [0.8, 1.9, 3.3, 4.0])
 def test_morphology_equals_brute_force_footprint(radius_mm):
     rng = np.random.default_rng(7)
     spacing = (2.0, 1.0, 0.8)
-    mask = rng.random((7, 11, 12)) < 0.55
+    mask = rng.random((9, 13, 14)) < 0.55
     footprint = ellipsoid_footprint(radius_mm, spacing)
     kwargs = {"radius_mm": radius_mm, "spacing_mm": spacing}
     assert np.array_equal(dilation(mask, **kwargs), _brute_dilation(mask, footprint))
@@ -167,13 +179,14 @@ def test_edges_erosion_keeps_cut_structures_and_closing_does_not_reach_the_edge(
 
 
 def test_closing_bridges_gaps_narrower_than_the_ball_in_mm():
+    # the 1 mm ball is an in-plane cross here: rows 0.9 mm and columns 0.7 mm away, not slices
     labels = np.zeros((7, 5, 16), dtype=np.uint8)
-    labels[:, 1:4, 2:6] = 1
-    labels[:, 1:4, 8:12] = 1  # a 2-column (1.4 mm) gap along x: bridged by a 1 mm ball
-    labels[3, :, :] = 0  # a 1-slice (2.5 mm) gap along z: not bridged by a 1 mm ball
+    labels[:, :, 2:6] = 1
+    labels[:, :, 8:12] = 1  # a 2-column (1.4 mm) gap along x: bridged by the 1 mm ball...
+    labels[3, :, :] = 0  # a 1-slice (2.5 mm) gap along z: not bridged
     out = closing(labels, radius_mm=1.0, spacing_mm=SPACING)
     expected = labels.copy()
-    expected[:, 1:4, 6:8] = 1
+    expected[:, 1:4, 6:8] = 1  # ...except on the first and last rows, where the cross sticks out
     expected[3, :, :] = 0
     assert np.array_equal(out, expected)
     assert np.array_equal(opening(out, radius_mm=0.0, spacing_mm=SPACING), out)
@@ -247,8 +260,10 @@ def test_fill_holes_3d_versus_slice_wise():
     cavity = np.zeros((6, 10, 10), dtype=np.uint8)
     cavity[1:5, 2:8, 2:8] = 1
     cavity[2:4, 4:6, 4:6] = 0  # enclosed in 3D
-    for out in (fill_holes(cavity), fill_holes(cavity, slice_wise=True)):
-        assert np.array_equal(out, (cavity > 0) | np.pad(np.ones((2, 2, 2)), ((2, 2), (4, 4), (4, 4))) > 0)
+    expected = cavity.copy()
+    expected[2:4, 4:6, 4:6] = 1
+    assert np.array_equal(fill_holes(cavity), expected)
+    assert np.array_equal(fill_holes(cavity, slice_wise=True), expected)
 
 
 def test_fill_holes_keeps_other_labels_and_handles_single_slices():
@@ -269,8 +284,10 @@ def test_fill_holes_keeps_other_labels_and_handles_single_slices():
     nested[0, 3:6, 3:6] = 0  # enclosed by label 2 and, further out, by label 1: the nearest wins
     out = fill_holes(nested)
     assert np.all(out[0, 3:6, 3:6] == 2)
-    assert np.all(out[0, 1:8, 1:8][nested[0, 1:8, 1:8] == 0] != 2) or True
-    assert int((out == 1).sum()) == int((nested == 1).sum()) + 0 + 24  # the moat 1:8 minus 2:7 is label 1's hole
+    moat = np.zeros((9, 9), dtype=bool)
+    moat[1:8, 1:8] = True
+    moat[2:7, 2:7] = False  # 24 background voxels only label 1 encloses
+    assert np.array_equal(out[0] == 1, (nested[0] == 1) | moat)
 
 
 # ----------------------------------------------------------------------------------- components
@@ -329,7 +346,8 @@ def test_dtype_kept_and_input_not_modified(dtype):
     labels[1, 1:5, 1:5] = 1
     labels[1, 2, 2] = 0
     before = labels.copy()
-    out = apply_chain(labels, [{"op": "fill_holes"}, {"op": "dilation", "radius_mm": 1.0}], spacing_mm=(1, 1, 1))
+    chain = [{"op": "fill_holes", "slice_wise": True}, {"op": "dilation", "radius_mm": 1.0}]
+    out = apply_chain(labels, chain, spacing_mm=(1, 1, 1))
     assert out.dtype == np.dtype(dtype)
     assert np.array_equal(labels, before)
     assert out is not labels and int(out.astype(np.int64).sum()) == 16 + 16 + 16 + 4 * 4
@@ -427,24 +445,27 @@ def test_apply_chain_equals_the_functions_in_order_and_reports_progress():
 
 def test_paper_lung_chain_on_a_2d_image():
     # Gil et al. (MIUA 2023): remove < 5000 px, close with a 20 px disc, fill holes, keep largest;
-    # pixels of 0.1 mm on a single 1 mm slice: 50 mm^3 and 2 mm
+    # with 0.1 mm pixels on a single 1 mm slice that is 50 mm^3 and 2 mm
     spacing = (1.0, 0.1, 0.1)
-    image = np.zeros((1, 200, 200), dtype=np.uint8)
-    yy, xx = np.mgrid[:200, :200]
-    ring = (np.hypot(yy - 100, xx - 100) <= 60) & (np.hypot(yy - 100, xx - 100) > 20)
-    image[0][ring] = 1
-    image[0, 95:105, 30:50] = 0  # a 1 mm wide cut through the ring (a necrotic crack)
-    image[0, 5:15, 5:15] = 1  # 100 px = 1 mm^3 of false positive
-    image[0, 170:195, 150:195] = 1  # 1125 px = 11.25 mm^3, a second, smaller object
+    yy, xx = np.mgrid[:300, :300]
+    d = np.hypot(yy - 100, xx - 100)
+    image = np.zeros((1, 300, 300), dtype=np.uint8)
+    image[0][(d <= 60) & (d > 20)] = 1  # a tumour with a necrotic core...
+    image[0, 95:105, 40:80] = 0  # ...opening to the outside through a 1 mm crack
+    image[0, 250:260, 20:30] = 1  # 100 px = 1 mm^3: a false positive speck
+    image[0, 200:280, 200:280] = 1  # 6400 px = 64 mm^3: a second, smaller object
     chain = [
         {"op": "remove_small", "min_size_mm3": 50},
         {"op": "closing", "radius_mm": 2.0},
         {"op": "fill_holes"},
         {"op": "keep_largest"},
     ]
-    out = apply_chain(image, chain, spacing_mm=spacing)
-    disc = np.hypot(yy - 100, xx - 100) <= 60
-    assert np.array_equal(out[0], disc.astype(np.uint8))
+    out = apply_chain(image, chain, spacing_mm=spacing)[0]
+    assert set(np.unique(out)) == {0, 1}
+    assert np.all(out[d <= 57] == 1)  # core filled, crack bridged (up to a dent at its mouth)
+    assert not out[d > 62].any()  # speck and second object gone, nothing grew
+    without_closing = apply_chain(image, [chain[0], chain[2], chain[3]], spacing_mm=spacing)[0]
+    assert not without_closing[d <= 20].any()  # the crack keeps the core open
 
 
 def test_cancel_between_steps():
@@ -608,3 +629,27 @@ def test_invalid_chain_options():
         chain_from_options(opening_mm=-1)
     with pytest.raises(InvalidInputError, match=r"labels=\[0\]"):
         chain_from_options(closing_mm=1, labels=[0])
+
+
+@pytest.mark.parametrize("function", [dilation, closing])
+def test_contested_voxels_on_random_maps_follow_the_nearest_label_rule(function):
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(5)
+    spacing = (2.0, 1.0, 0.8)
+    labels = rng.integers(1, 5, (8, 16, 16)).astype(np.uint8)
+    labels[rng.random(labels.shape) < 0.7] = 0
+    radius = 2.5
+    out = function(labels, radius_mm=radius, spacing_mm=spacing)
+    distance = {v: ndi.distance_transform_edt(labels != v, sampling=spacing) for v in (1, 2, 3, 4)}
+    alone = {v: function(labels == v, radius_mm=radius, spacing_mm=spacing) for v in (1, 2, 3, 4)}
+    contested = 0
+    for index in zip(*np.nonzero(labels == 0)):
+        claimers = [v for v in (1, 2, 3, 4) if alone[v][index]]
+        if not claimers:
+            assert out[index] == 0
+            continue
+        contested += len(claimers) > 1
+        nearest = min(claimers, key=lambda v: (distance[v][index], v))
+        assert out[index] == nearest, (index, claimers)
+    assert contested > 10  # the scene does exercise the rule

@@ -218,6 +218,31 @@ def test_invalid_tampered_weights_refused(tmp_path):
         Registry([tmp_path]).verify()
 
 
+@pytest.mark.parametrize(
+    "file, content, expected",
+    [
+        ("model.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}", "not a valid safetensors file"),
+        ("model.pt", b"PK\x03\x04 truncated zip", "not a readable PyTorch file"),
+        ("model.pt", None, "holds no state dict"),
+    ],
+    ids=["garbage safetensors", "truncated pt", "pt without tensors"],
+)
+def test_invalid_corrupt_weights_with_matching_hash(tmp_path, file, content, expected):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    if content is None:
+        torch.save({"epoch": 3, "lr": 0.1}, folder / file)
+    else:
+        (folder / file).write_bytes(content)
+    card = tiny_card(weights={"file": file, "sha256": sha256_file(folder / file)})
+    (folder / "model.yaml").write_text(yaml.safe_dump(card))
+    model = load_model_folder(folder)
+    model.verify()  # the bytes are those the card names; they just do not decode
+    with pytest.raises(FileFormatError, match=expected) as info:
+        model.load_network()
+    assert str(folder / file) in str(info.value)
+
+
 def test_invalid_missing_weights(tmp_path):
     model = make_model(tmp_path / "m")
     model.weights_path().unlink()
@@ -309,12 +334,16 @@ def test_invalid_save_model_folder_arguments(tmp_path):
     make_model(tmp_path / "b")
     with pytest.raises(InvalidInputError, match="overwrite=True"):
         make_model(tmp_path / "b", seed=1)
-    replaced = save_model_folder(tmp_path / "b", card=tiny_card(), state_dict=tiny_network(1).state_dict(), overwrite=True)
+    replaced = save_model_folder(tmp_path / "b", card=tiny_card(), state_dict=tiny_network(1).state_dict(),
+                                 overwrite=True)
     assert replaced.load_state_dict()["model.0.conv.weight"].equal(tiny_network(1).state_dict()["model.0.conv.weight"])
     with pytest.raises(IntegrityError, match="contains '..'"):
         save_model_folder(tmp_path / "c", card=tiny_card(), state_dict=tiny_network().state_dict(),
                           extra_files={"../x.txt": b"x"})
     assert not (tmp_path / "c").exists() and not (tmp_path / "x.txt").exists()
+    with pytest.raises(InvalidInputError, match="clash with the card"):
+        save_model_folder(tmp_path / "d", card=tiny_card(), state_dict=tiny_network().state_dict(),
+                          extra_files={"model.yaml": b"name: other"})
 
 
 def test_extra_files_are_verified(tmp_path):

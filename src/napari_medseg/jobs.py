@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import difflib
 import json
 import math
 import os
@@ -251,8 +250,8 @@ class JobReporter:
         Process rank under ``torch.distributed``; only rank 0 writes events, the others only watch
         for cancel. Default: ``$RANK`` or 0.
     progress_interval_s : float, keyword-only
-        :meth:`progress` emits at most one event per this many seconds, plus the first and the last
-        (``done == total``). Default 0.2.
+        ``progress`` events (from :meth:`progress` or :meth:`emit`) are written at most once per this
+        many seconds, plus the first and the last (``done == total``). Default 0.2.
 
     Attributes
     ----------
@@ -309,8 +308,8 @@ class JobReporter:
     def _on_signal(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
         if self.cancel._event.is_set():  # second signal: let the previous handler act (stop at once)
-            previous = self._previous_handlers.get(signum, signal.SIG_DFL)
-            signal.signal(signum, previous)
+            previous = self._previous_handlers.get(signum)
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)  # None: set from C
             signal.raise_signal(signum)
             return
         # no event is written here: a handler runs between two bytecodes of the main thread, which
@@ -336,7 +335,9 @@ class JobReporter:
         Returns
         -------
         dict
-            The event as written (also on ranks other than 0, which write nothing).
+            The event as written (also when it is not written: on ranks other than 0, and for a
+            ``progress`` event within ``progress_interval_s`` of the last one, unless ``done`` is 0
+            or equals ``total``; each written line costs an fsync, so per-batch progress is thinned).
 
         Raises
         ------
@@ -360,6 +361,8 @@ class JobReporter:
         if not self.writes_events:
             return record
         with self._lock:
+            if self._throttled(name, fields):
+                return record
             if self._fd is None:
                 self._fd = os.open(self.events_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             view = memoryview(line)
@@ -378,11 +381,20 @@ class JobReporter:
         what : str or None, keyword-only
             What the units are (default: :attr:`what`, ``"work"`` unless set).
         """
-        now = time.monotonic()
-        if done < total and done > 0 and now - self._last_progress_time < self._progress_interval_s:
-            return
-        self._last_progress_time = now
         self.emit(EventType.PROGRESS, done=int(done), total=int(total), what=what or self.what)
+
+    def _throttled(self, name: str, fields: dict) -> bool:
+        """Whether to drop this ``progress`` event: one within ``progress_interval_s`` of the last
+        one written, unless it is the first (``done`` 0) or the last (``done == total``)."""
+        if name != EventType.PROGRESS:
+            return False
+        done, total = fields.get("done"), fields.get("total")
+        now = time.monotonic()
+        if isinstance(done, int) and isinstance(total, int) and 0 < done < total:
+            if now - self._last_progress_time < self._progress_interval_s:
+                return True
+        self._last_progress_time = now
+        return False
 
     def log(self, message: str, *, level: LogLevel | str = LogLevel.INFO) -> dict:
         """Emit a ``log`` event.
@@ -403,7 +415,7 @@ class JobReporter:
                 self._fd = None
         if threading.current_thread() is threading.main_thread():
             for sig, handler in self._previous_handlers.items():
-                signal.signal(sig, handler)
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
             self._previous_handlers.clear()
 
     def __enter__(self) -> JobReporter:
@@ -558,7 +570,8 @@ def read_events(job_dir: str | os.PathLike, offset: int = 0) -> tuple[list[dict]
         except (ValueError, UnicodeDecodeError):
             record = None
         if not isinstance(record, dict) or "event" not in record:
-            warnings.warn(f"{Path(job_dir) / EVENTS_FILE}: skipped a line that is not an event: {raw[:80]!r}", stacklevel=2)
+            where = Path(job_dir) / EVENTS_FILE
+            warnings.warn(f"{where}: skipped a line that is not an event: {raw[:80]!r}", stacklevel=2)
             continue
         events.append(record)
     return events, offset + end + 1
@@ -785,9 +798,11 @@ class Job:
             returncode = popen.poll()
             if returncode is None:
                 return True
-            if record.get("returncode") != returncode:
-                with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):
+                if record.get("returncode") != returncode:
                     self._update_record(returncode=returncode)
+                with _CHILDREN_LOCK:  # reaped and recorded: later checks go by pid like anyone else's
+                    _CHILDREN.pop(self.id, None)
             return False
         if record.get("host") != socket.gethostname():
             return None
@@ -995,7 +1010,7 @@ class Job:
         """Start a new job that continues this one: the same argv with ``--resume`` added.
 
         The new job records ``resumed_from`` (this id) and this one ``resumed_by``; it runs in the
-        same folder as the original (``cwd``) with the same extra environment.
+        same folder as the original (``cwd``) with the same interpreter and extra environment.
 
         Returns
         -------
@@ -1020,6 +1035,7 @@ class Job:
             jobs_root=self.folder.parent,
             env=record.get("env") or None,
             cwd=record.get("cwd"),
+            python=record.get("python"),
             resumed_from=self.id,
         )
         self._update_record(resumed_by=new.id)
@@ -1044,7 +1060,8 @@ class Job:
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise InvalidInputError(f"n={n!r} must be a non-negative number of lines")
         stream = look_up_option(stream, LogStream, name="stream")
-        names = {LogStream.STDOUT: [STDOUT_FILE], LogStream.STDERR: [STDERR_FILE]}.get(stream, [STDOUT_FILE, STDERR_FILE])
+        files = {LogStream.STDOUT: [STDOUT_FILE], LogStream.STDERR: [STDERR_FILE]}
+        names = files.get(stream, [STDOUT_FILE, STDERR_FILE])
         parts = []
         for name in names:
             lines = _tail_lines(self.folder / name, n)
@@ -1099,6 +1116,7 @@ def start_job(
     jobs_root: str | os.PathLike | None = None,
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike | None = None,
+    python: str | os.PathLike | None = None,
 ) -> Job:
     """Start ``medseg <argv>`` as a detached background job and return it at once.
 
@@ -1120,6 +1138,10 @@ def start_job(
     cwd : str, os.PathLike or None, keyword-only
         The child's working folder, against which relative paths in ``argv`` resolve (default: the
         current one); recorded for :meth:`Job.resume`.
+    python : str, os.PathLike or None, keyword-only
+        The Python interpreter that runs the child (default ``sys.executable``). Inside 3D Slicer,
+        whose ``sys.executable`` may be the application, pass the path of ``PythonSlicer``.
+        Recorded for :meth:`Job.resume`.
 
     Returns
     -------
@@ -1130,11 +1152,12 @@ def start_job(
     ------
     InvalidInputError
         If ``kind`` is unknown, ``argv`` is not a non-empty list of strings or contains
-        ``--job-dir``/``--``, or ``cwd`` is not a folder.
+        ``--job-dir``/``--``, ``cwd`` is not a folder, ``python`` is not an existing file, or the
+        job folder cannot be created under ``jobs_root``.
     MedsegError
         If the process cannot be started (the job is recorded as ``lost``).
     """
-    return _launch(kind, argv, jobs_root=jobs_root, env=env, cwd=cwd, resumed_from=None)
+    return _launch(kind, argv, jobs_root=jobs_root, env=env, cwd=cwd, python=python, resumed_from=None)
 
 
 def _launch(
@@ -1144,18 +1167,25 @@ def _launch(
     jobs_root: str | os.PathLike | None,
     env: Mapping[str, str] | None,
     cwd: str | os.PathLike | None,
+    python: str | os.PathLike | None,
     resumed_from: str | None,
 ) -> Job:
     kind = look_up_option(kind, JobKind, name="kind")
     argv = _check_argv(argv)
+    interpreter = os.fspath(python) if python is not None else sys.executable
+    if not interpreter or not Path(interpreter).is_file():
+        raise InvalidInputError(f"python={interpreter!r} is not an existing Python interpreter")
     extra_env = {str(k): str(v) for k, v in (env or {}).items()}
     workdir = Path(cwd) if cwd is not None else Path.cwd()
     if not workdir.is_dir():
         raise InvalidInputError(f"cwd={str(workdir)!r} is not an existing folder")
     root = _resolve_root(jobs_root)
-    root.mkdir(parents=True, exist_ok=True)
     job_id = _new_job_id(kind)
     folder = root / job_id
+    try:
+        folder.mkdir(parents=True)
+    except OSError as exc:
+        raise InvalidInputError(f"jobs_root={str(root)!r}: cannot create the job folder there: {exc}") from exc
     from napari_medseg import __version__
 
     record = {
@@ -1166,16 +1196,15 @@ def _launch(
         "env": extra_env,
         "created": time.time(),
         "host": socket.gethostname(),
-        "python": sys.executable,
+        "python": interpreter,
         "version": __version__,
         "status": str(JobStatus.PENDING),
         "pid": None,
         "resumed_from": resumed_from,
     }
-    folder.mkdir()
     write_text_atomic(folder / JOB_FILE, json.dumps(record, indent=2) + "\n")
     job = Job(folder)
-    command = [sys.executable, "-m", "napari_medseg.cli", *argv, "--job-dir", str(folder.resolve())]
+    command = [interpreter, "-m", "napari_medseg.cli", *argv, "--job-dir", str(folder.resolve())]
     child_env = {**os.environ, **extra_env, "PYTHONUNBUFFERED": "1"}
     options: dict[str, Any] = {}
     if os.name == "nt":  # pragma: no cover
@@ -1293,7 +1322,7 @@ def run_selftest(
     Parameters
     ----------
     output_dir : str or os.PathLike
-        Folder for ``selftest-checkpoint.json`` (created if needed).
+        Folder for ``selftest-checkpoint.json`` (created if needed; reported as an absolute path).
     steps : int
         Number of gradient steps in all (>= 1).
     step_seconds : float, keyword-only
@@ -1334,7 +1363,7 @@ def run_selftest(
     if not step_seconds >= 0:
         raise InvalidInputError(f"step_seconds={step_seconds!r} must be >= 0")
     emit = emit or (lambda event, **fields: None)
-    folder = Path(output_dir)
+    folder = Path(output_dir).resolve()  # events carry absolute paths: readers run elsewhere
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / SELFTEST_CHECKPOINT
     a, b, lr = _selftest_problem()
@@ -1346,7 +1375,9 @@ def run_selftest(
         except (ValueError, KeyError, TypeError) as exc:
             raise InvalidInputError(f"{path}: not a selftest checkpoint ({exc})") from exc
         if x.shape != (a.shape[1],) or not 0 <= start <= steps:
-            raise InvalidInputError(f"{path}: checkpoint at step {start} with {x.size} values does not fit --steps {steps}")
+            raise InvalidInputError(
+                f"{path}: checkpoint at step {start} with {x.size} values does not fit --steps {steps}"
+            )
         emit(EventType.LOG, message=f"resumed from {path} at step {start}", level="info")
     elif resume:
         emit(EventType.LOG, message=f"no checkpoint in {folder}: starting from step 0", level="warning")

@@ -256,6 +256,7 @@ def _apply_per_label(
     selection: frozenset[int] | None,
     margin: Sequence[int],
     spacing: Sequence[float],
+    reach: Sequence[int] | None = None,
     cancel: CancelEvent | None = None,
     what: str = "post-processing",
 ) -> np.ndarray:
@@ -263,7 +264,9 @@ def _apply_per_label(
 
     ``op`` receives the label's mask cropped to its bounding box grown by ``margin`` voxels (the
     caller's guarantee that the result inside the crop equals the full-array result) and returns
-    the new mask of the same shape.
+    the new mask of the same shape. ``reach``, when given, promises that every voxel ``op`` adds
+    lies within that many voxels (per axis) of a voxel of the label: the distances that settle
+    contested voxels are then computed in a small box around them instead of the whole crop.
     """
     out = work.copy()
     boxes = _label_boxes(work)
@@ -296,11 +299,19 @@ def _apply_per_label(
             if not mine.any():
                 continue
             check_cancelled(cancel, what)
-            distance = ndi.distance_transform_edt(work[crop] != value, sampling=spacing)
-            best_crop, out_crop = best[crop], out[crop]
-            better = mine & (distance < best_crop)
-            best_crop[better] = distance[better]
-            out_crop[better] = value
+            if reach is None:
+                box, mine_box = crop, mine
+            else:
+                inner = ndi.find_objects(mine.view(np.uint8))[0]
+                local = tuple(slice(c.start + i.start, c.start + i.stop) for c, i in zip(crop, inner))
+                box = _grow(local, reach, work.shape)
+                mine_box = np.zeros(tuple(b.stop - b.start for b in box), dtype=bool)
+                mine_box[tuple(slice(l.start - b.start, l.stop - b.start) for l, b in zip(local, box))] = mine[inner]
+            distance = ndi.distance_transform_edt(work[box] != value, sampling=spacing)
+            best_box, out_box = best[box], out[box]
+            better = mine_box & (distance < best_box)
+            best_box[better] = distance[better]
+            out_box[better] = value
     return out
 
 
@@ -381,9 +392,10 @@ def _morphology(
             return _dilate_mask(_erode_mask(mask, radius, spacing), radius, spacing)
         return _close_mask(mask, radius, spacing)
 
+    margin = _distance_margin(radius, spacing)
     out = _apply_per_label(
-        work.reshape(shape), op, selection=selection, margin=_distance_margin(radius, spacing), spacing=spacing,
-        cancel=cancel, what=str(kind),
+        work.reshape(shape), op, selection=selection, margin=margin, spacing=spacing, reach=margin, cancel=cancel,
+        what=str(kind),
     )
     return out.reshape(work.shape)
 
@@ -492,7 +504,9 @@ def _morphology_entry(mask, kind, radius_mm, spacing_mm, labels) -> np.ndarray:
     return _finish(_morphology(work, kind, radius, spacing, selection), out_dtype)
 
 
-def erosion(mask: np.ndarray, *, radius_mm: float, spacing_mm: Sequence[float], labels: Sequence[int] | None = None) -> np.ndarray:
+def erosion(
+    mask: np.ndarray, *, radius_mm: float, spacing_mm: Sequence[float], labels: Sequence[int] | None = None
+) -> np.ndarray:
     """Erode each label by a ball of ``radius_mm``; removed voxels become background.
 
     Voxels outside the array count as foreground, so a label touching the edge of the array does
@@ -501,7 +515,9 @@ def erosion(mask: np.ndarray, *, radius_mm: float, spacing_mm: Sequence[float], 
     return _morphology_entry(mask, PostprocessOp.EROSION, radius_mm, spacing_mm, labels)
 
 
-def dilation(mask: np.ndarray, *, radius_mm: float, spacing_mm: Sequence[float], labels: Sequence[int] | None = None) -> np.ndarray:
+def dilation(
+    mask: np.ndarray, *, radius_mm: float, spacing_mm: Sequence[float], labels: Sequence[int] | None = None
+) -> np.ndarray:
     """Dilate each label by a ball of ``radius_mm`` into background voxels only.
 
     A background voxel reached by several labels goes to the nearest one (mm); ties go to the
@@ -510,7 +526,9 @@ def dilation(mask: np.ndarray, *, radius_mm: float, spacing_mm: Sequence[float],
     return _morphology_entry(mask, PostprocessOp.DILATION, radius_mm, spacing_mm, labels)
 
 
-def opening(mask: np.ndarray, *, radius_mm: float, spacing_mm: Sequence[float], labels: Sequence[int] | None = None) -> np.ndarray:
+def opening(
+    mask: np.ndarray, *, radius_mm: float, spacing_mm: Sequence[float], labels: Sequence[int] | None = None
+) -> np.ndarray:
     """Open each label (erosion then dilation by a ball of ``radius_mm``): removes parts thinner than the ball.
 
     Opening only removes voxels; they become background.
@@ -518,7 +536,9 @@ def opening(mask: np.ndarray, *, radius_mm: float, spacing_mm: Sequence[float], 
     return _morphology_entry(mask, PostprocessOp.OPENING, radius_mm, spacing_mm, labels)
 
 
-def closing(mask: np.ndarray, *, radius_mm: float, spacing_mm: Sequence[float], labels: Sequence[int] | None = None) -> np.ndarray:
+def closing(
+    mask: np.ndarray, *, radius_mm: float, spacing_mm: Sequence[float], labels: Sequence[int] | None = None
+) -> np.ndarray:
     """Close each label (dilation then erosion by a ball of ``radius_mm``): bridges gaps narrower than the ball.
 
     Closing only adds voxels, and only background ones: it never creates a label inside another
@@ -769,7 +789,7 @@ class _Step(BaseModel):
         raise NotImplementedError
 
     def describe(self) -> str:
-        """A short human-readable form, e.g. ``"closing 2 mm (labels 1)"``."""
+        """A short human-readable form, e.g. ``"closing radius_mm=2 (labels 1)"``."""
         params = self.model_dump(exclude={"op", "labels"})
         text = str(self.op).replace("_", " ")  # type: ignore[attr-defined]
         if params:

@@ -709,13 +709,17 @@ class RegistryModel:
         self.folder = Path(folder).resolve()
         self.source = ModelSource(source)
         self.card_path = Path(card_path) if card_path is not None else self.folder / CARD_FILENAMES[0]
+        fields = ["weights.file", *(f"files[{i}].file" for i in range(len(card.files)))]
         self._paths = {
             spec.file: _inside(self.folder, spec.file, what=what, card_path=self.card_path)
-            for spec, what in zip(card.file_specs(), ["weights.file"] + [f"files[{i}].file" for i in range(len(card.files))])
+            for spec, what in zip(card.file_specs(), fields)
         }
 
     def __repr__(self) -> str:
-        return f"RegistryModel({self.card.name!r} {self.card.version}, source={self.source.value!r}, folder={str(self.folder)!r})"
+        return (
+            f"RegistryModel({self.card.name!r} {self.card.version}, source={self.source.value!r}, "
+            f"folder={str(self.folder)!r})"
+        )
 
     @property
     def name(self) -> str:
@@ -871,7 +875,9 @@ def load_model_folder(folder: str | os.PathLike, *, source: str | ModelSource = 
         raise FileFormatError(f"model folder {folder} holds no card (one of {', '.join(CARD_FILENAMES)})")
     resolved_folder = folder.resolve()
     if not card_path.resolve().is_relative_to(resolved_folder):
-        raise IntegrityError(f"{card_path} is a symlink to {card_path.resolve()}, outside the model folder; refusing it")
+        raise IntegrityError(
+            f"{card_path} is a symlink to {card_path.resolve()}, outside the model folder; refusing it"
+        )
     card = read_card(card_path)
     return RegistryModel(card, resolved_folder, source=source, card_path=resolved_folder / card_path.name)
 
@@ -1114,6 +1120,11 @@ class Registry:
                 destination = tmp / relative
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 destination.write_bytes(data)
+            # check the copy itself (card re-read from the copied bytes) before it replaces anything
+            copied = load_model_folder(tmp)
+            copied.verify()
+            if copied.name != name:
+                raise IntegrityError(f"{model.card_path} changed while it was being copied; nothing was added")
         return load_model_folder(target, source=ModelSource.USER)
 
     def remove(self, name: str) -> Path:
@@ -1172,6 +1183,9 @@ def load_model(name_or_folder: str | os.PathLike, *, registry: Registry | None =
 def _write_model(
     folder: Path, card: ModelCard, weights: bytes, extra: Mapping[str, bytes], *, card_name: str = "model.yaml"
 ) -> RegistryModel:
+    clash = [k for k in extra if k.lower() in CARD_FILENAMES or k == card.weights.file]
+    if clash:
+        raise InvalidInputError(f"extra file names {clash} clash with the card or the weights file")
     with atomic_directory(folder) as tmp:
         for relative, data in {card.weights.file: weights, **extra}.items():
             _inside(tmp.resolve(), relative, what="file", card_path=folder / card_name)
@@ -1310,7 +1324,8 @@ def _guess_license(bundle: Path) -> str | None:
         path = bundle / name
         if path.is_file():
             head = path.read_text(encoding="utf-8", errors="replace")[:2000]
-            for needle, spdx in (("Apache License", "Apache-2.0"), ("MIT License", "MIT"), ("BSD 3-Clause", "BSD-3-Clause")):
+            known = (("Apache License", "Apache-2.0"), ("MIT License", "MIT"), ("BSD 3-Clause", "BSD-3-Clause"))
+            for needle, spdx in known:
                 if needle in head:
                     return spdx
             if "Creative Commons" in head and "NonCommercial" in head:
@@ -1393,7 +1408,10 @@ def import_monai_bundle(
     class_name = _target_name(net_def)
     prefix = target[: -len(class_name)] if isinstance(target, str) and class_name else None
     module_ok = prefix in _NETS_PREFIXES or (isinstance(prefix, str) and prefix.startswith("monai.networks.nets."))
-    not_monai = f"{inference_path}: network_def._target_={target!r} is not a monai.networks.nets class; the registry can only build those"
+    not_monai = (
+        f"{inference_path}: network_def._target_={target!r} is not a monai.networks.nets class; "
+        "the registry can only build those"
+    )
     if not module_ok:
         raise InvalidInputError(not_monai)
     kwargs = _literal({k: v for k, v in net_def.items() if not k.startswith("_")}, inference, where="network_def")
@@ -1402,7 +1420,8 @@ def import_monai_bundle(
     import monai.networks.nets as nets
 
     if not isinstance(getattr(nets, class_name, None), type):
-        raise InvalidInputError(not_monai + close_matches_message(class_name, [n for n in dir(nets) if n[:1].isupper()]))
+        classes = [n for n in dir(nets) if n[:1].isupper()]
+        raise InvalidInputError(not_monai + close_matches_message(class_name, classes))
 
     signature = inspect.signature(getattr(nets, class_name))
 
@@ -1446,8 +1465,10 @@ def import_monai_bundle(
                 f"{metadata_path}: network_data_format.{what} num_channels={declared} but network_def says {count}"
             )
     channel_def = image.get("channel_def") or {}
-    channels = [{"name": str(channel_def.get(str(i), channel_def.get(i, "image" if in_channels == 1 else f"channel{i}"))),
-                 "modality": modality} for i in range(in_channels)]
+    channels = []
+    for i in range(in_channels):
+        default = "image" if in_channels == 1 else f"channel{i}"
+        channels.append({"name": str(channel_def.get(str(i), channel_def.get(i, default))), "modality": modality})
     label_def = pred.get("channel_def") or {}
     labels = {}
     for i in range(out_channels):
@@ -1530,7 +1551,7 @@ def import_monai_bundle(
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             metrics[str(key)] = float(value)
     license_id = metadata.get("license") or _guess_license(bundle) or "unknown"
-    extra = {f"bundle/{metadata_path.name}": metadata_path.read_bytes(), f"bundle/{inference_path.name}": inference_path.read_bytes()}
+    extra = {f"bundle/{p.name}": p.read_bytes() for p in (metadata_path, inference_path)}
     card_data: dict[str, Any] = {
         "name": card_name,
         "version": str(metadata.get("version") or "0.0.0"),

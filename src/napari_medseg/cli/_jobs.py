@@ -49,7 +49,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=_EPILOG,
     )
     start.add_argument("kind", metavar="COMMAND", choices=kinds, help=" | ".join(kinds))
-    start.add_argument("job_argv", metavar="ARGS", nargs=argparse.REMAINDER, help="the command's arguments")
+    start.add_argument(
+        "job_argv",
+        metavar="ARGS",
+        nargs=argparse.REMAINDER,
+        help="the command's arguments (the options of 'jobs start' itself go before COMMAND)",
+    )
     start.add_argument("--json", action="store_true", help="print one JSON object {id, folder, status}")
     start.set_defaults(func=run_start)
 
@@ -79,7 +84,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=_EPILOG,
     )
     cancel.add_argument("job_id", metavar="ID", help="job id or a unique prefix of it")
-    cancel.add_argument("--timeout-s", type=float, default=30.0, metavar="S", help="grace period in seconds (default 30)")
+    cancel.add_argument(
+        "--timeout-s", type=float, default=30.0, metavar="S", help="grace period in seconds (default 30)"
+    )
     cancel.set_defaults(func=run_cancel)
 
     resume = actions.add_parser(

@@ -115,7 +115,7 @@ def mutual_information(a: np.ndarray, b: np.ndarray, *, bins: int = 20, base: fl
     --------
     >>> import numpy as np
     >>> a = np.array([0, 0, 1, 1.0])
-    >>> round(mutual_information(a, a, bins=2), 6) == round(np.log(2), 6)
+    >>> round(mutual_information(a, a, bins=2), 6) == round(float(np.log(2)), 6)
     True
     >>> mutual_information(a, a, bins=2, base=2)
     1.0

@@ -51,6 +51,7 @@ def synthetic_pair(
     rotation_deg: float = 4.0,
     translation_vox: Sequence[float] | None = None,
     line_halfwidth_vox: float = 1.0,
+    deformation_scale: float = 1.0,
 ) -> SyntheticPair:
     """Generate the Fig. 4-like pair.
 
@@ -64,6 +65,8 @@ def synthetic_pair(
         Rigid translation in voxels per axis (default 3% of the size along y and -2% along x).
     line_halfwidth_vox : float, default 1.0
         Half-width of the reference line; the target line is twice as thick.
+    deformation_scale : float, default 1.0
+        Multiplies the radii of the dents and of the bulge (larger local deformations).
 
     Returns
     -------
@@ -81,6 +84,8 @@ def synthetic_pair(
     ((64, 64), 'bool')
     """
     shape = tuple(int(n) for n in shape)
+    if not (np.isfinite(deformation_scale) and 0 <= deformation_scale <= 2.5):
+        raise InvalidInputError(f"deformation_scale={deformation_scale!r}: expected a value in [0, 2.5]")
     if len(shape) not in (2, 3) or min(shape) < 32:
         raise InvalidInputError(f"shape={shape!r}: expected 2 or 3 axes of at least 32 voxels")
     ndim = len(shape)
@@ -124,8 +129,8 @@ def synthetic_pair(
 
     target_obj = ellipse.copy()
     for angle, radius in ((35.0, 0.09), (250.0, 0.08)):  # dents
-        target_obj &= ~ball(boundary(angle), radius)
-    bulge = ball(boundary(145.0), 0.11)
+        target_obj &= ~ball(boundary(angle), radius * deformation_scale)
+    bulge = ball(boundary(145.0), 0.11 * deformation_scale)
     target_obj |= bulge
     target = np.zeros(shape, np.float32)
     target[target_obj] = 0.5

@@ -70,7 +70,13 @@ class Augmentation:
     Calling it with a mapping holding ``image`` ``(C, *spatial)`` and optionally ``label``
     ``(1, *spatial)`` or ``(*spatial)`` (numpy arrays or torch tensors) returns a new dict: the
     augmented image as a float32 :class:`torch.Tensor`, the label as a tensor of the label's
-    original dtype and shape, other keys passed through. The inputs are not modified.
+    original dtype and shape, other keys passed through. Calling it as ``augment(image, label,
+    seed=s)`` returns the tuple ``(image, label)`` instead; ``seed`` reseeds the pipeline first, so
+    a dataset can augment item ``i`` reproducibly. The inputs are not modified.
+
+    Measured cost (CPU, 2 threads on a shared, loaded machine, so only indicative): a 64^3 patch
+    takes about 0.35 s for the affine step and 0.7 s for the elastic step (MONAI's resampling and
+    Gaussian-smoothed displacement field), about 0.5 s per sample with the default probabilities.
 
     Attributes
     ----------
@@ -99,15 +105,45 @@ class Augmentation:
         self.transform.set_random_state(seed=int(seed) % (2**32))
         return self
 
-    def __call__(self, sample: Mapping) -> dict:
-        """Augment one sample.
+    def __call__(self, sample, label=None, *, seed: int | None = None):
+        """Augment one sample, given as a mapping or as ``(image, label)``.
+
+        Parameters
+        ----------
+        sample : Mapping or array-like
+            A mapping holding ``image_key`` (and optionally ``label_key``); or the image
+            ``(C, *spatial)`` itself, with the label as the second argument.
+        label : array-like, optional
+            The label map ``(1, *spatial)`` or ``(*spatial)`` when ``sample`` is an image.
+            Default: None.
+        seed : int, keyword-only, optional
+            Reseed every random transform before this call (:meth:`set_random_state`), so a sample
+            can be augmented reproducibly whatever happened before (e.g. a seed per dataset item).
+            Default: None (continue the pipeline's random sequence).
+
+        Returns
+        -------
+        dict or tuple
+            For a mapping, a new dict (see the class description); for ``(image, label)``, the tuple
+            ``(image, label)`` of tensors (``label`` is None when none was given).
 
         Raises
         ------
         InvalidInputError
-            If ``sample`` lacks the image, the image is not ``(C, *spatial)`` with ``spatial_dims``
-            spatial axes, or the label's spatial shape differs from the image's.
+            If the image is missing or not ``(C, *spatial)`` with ``spatial_dims`` spatial axes, the
+            label's spatial shape differs from the image's or its values are not integers, or
+            ``seed`` is not a non-negative integer.
         """
+        if seed is not None:
+            self.set_random_state(seed)
+        if not isinstance(sample, Mapping):
+            out = self._augment({self.image_key: sample, self.label_key: label})
+            return out[self.image_key], out.get(self.label_key)
+        if label is not None:
+            raise InvalidInputError("give the label inside the sample mapping, not as a second argument")
+        return self._augment(sample)
+
+    def _augment(self, sample: Mapping) -> dict:
         if not isinstance(sample, Mapping) or self.image_key not in sample:
             raise InvalidInputError(f"sample must be a mapping with an {self.image_key!r} entry")
         raw_image = sample[self.image_key]
@@ -118,6 +154,8 @@ class Augmentation:
                 f"for spatial_dims={self.spatial_dims}"
             )
         data = dict(sample)
+        if data.get(self.label_key) is None:
+            data.pop(self.label_key, None)
         data[self.image_key] = image.to(torch.float32, copy=True)
         label_info = None
         if self.label_key in sample and sample[self.label_key] is not None:
@@ -197,7 +235,10 @@ def build_augmentation(
         3D; a sequence gives one ``r`` per axis, e.g. ``(0, 0, pi/4)`` for in-plane rotation only
         of a ``(Z, Y, X)`` volume). Default: pi/4.
     scale_range : (float, float), keyword-only
-        Zoom factor drawn per axis from this range (> 0). Default: (0.5, 1.5).
+        Zoom factor ``s`` drawn independently per axis from this range (> 0). As in MONAI's
+        ``RandAffined`` and Keras' ``zoom_range`` (the paper's TensorFlow setting), ``s`` scales the
+        sampling grid, so the content appears scaled by ``1 / s`` (``s < 1`` zooms in).
+        Default: (0.5, 1.5).
     translate_vox : float or sequence of float, keyword-only
         Shift drawn from ``[-t, t]`` voxels per axis. Default: 10.
     elastic_probability : float, keyword-only

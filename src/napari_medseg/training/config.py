@@ -124,6 +124,11 @@ class TrainConfig(_Section):
     loss_params: dict[str, Any] = Field(default_factory=dict, description="keyword parameters of the loss")
     mixup_alpha: float = Field(0.0, ge=0, description="mixup Beta(alpha, alpha); 0 disables (mixup paper best: 0.5)")
     augment: bool = Field(True, description="flips, rotation, zoom, elastic and intensity augmentation")
+    augmentation_params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword parameters of napari_medseg.training.augment.build_augmentation (default: the mixup "
+        "paper's flips, rotation in [-pi/4, pi/4], scale in [0.5, 1.5], plus elastic and intensity)",
+    )
     foreground_ratio: float = Field(0.5, ge=0, le=1, description="fraction of patches centred on foreground")
 
     # --- data handling
@@ -138,7 +143,9 @@ class TrainConfig(_Section):
 
     # --- validation, checkpoints, stopping
     validate_every: int = Field(1, ge=1, description="validate every N epochs")
-    early_stopping_patience: int | None = Field(20, ge=1, description="epochs without improvement before stopping")
+    early_stopping_patience: int | None = Field(
+        20, ge=1, description="validations without improvement before stopping; null disables"
+    )
     checkpoint_every: int = Field(1, ge=1, description="write the resumable checkpoint every N epochs")
 
     finetune: FinetuneSpec | None = Field(None, description="start from a registry model")

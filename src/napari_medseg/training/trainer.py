@@ -42,6 +42,7 @@ from napari_medseg.errors import InvalidInputError, MedsegError
 from napari_medseg.progress import CancelEvent, check_cancelled
 from napari_medseg.training.config import FreezeMode, OptimizerName, ScheduleName, TrainConfig, config_to_yaml
 from napari_medseg.training.data import Case, discover_cases, load_case, sample_patch, split_cases
+from napari_medseg.volume import Volume, reorient, resample_to_spacing
 
 __all__ = [
     "train",
@@ -200,8 +201,6 @@ def prepare_cases(
     cases: Sequence[Case], config: TrainConfig, *, label_values: Sequence[int], label_map: dict[int, int] | None = None
 ) -> list[PreparedCase]:
     """Load, check and preprocess cases (reorient, resample, normalise) as inference will."""
-    from napari_medseg.inference import preprocess_for_training
-
     prepared = []
     dataset_values = sorted(label_map) if label_map else list(label_values)
     for case in cases:
@@ -213,18 +212,32 @@ def prepare_cases(
             label = label.derive(lut[label.array])
         index_of = np.zeros(int(max(label_values)) + 1, dtype=np.uint8)
         index_of[list(label_values)] = np.arange(len(label_values), dtype=np.uint8)
-        image, label_array, spacing = preprocess_for_training(
-            channels,
-            label,
-            spacing=config.spacing,
-            orientation=config.orientation,
-            normalization=config.normalization,
-            spatial_dims=config.spatial_dims,
-        )
+        image, label_array, spacing = _to_training_grid(channels, label, config)
         label_index = index_of[label_array]
         foreground = np.argwhere(label_index > 0)
         prepared.append(PreparedCase(case.id, image, label_index, spacing, foreground))
     return prepared
+
+
+def _to_training_grid(channels: list[Volume], label: Volume, config: TrainConfig) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Reorient and resample a case to the config's orientation and spacing, then normalise.
+
+    Images are resampled linearly, labels with nearest neighbour; the normalisation is
+    :func:`napari_medseg.inference.normalize_intensities`, the one inference applies.
+    """
+    from napari_medseg.inference import normalize_intensities
+
+    def to_grid(volume: Volume, interpolation: str) -> Volume:
+        if config.orientation is not None and volume.geometry.orientation != config.orientation.upper():
+            volume = reorient(volume, config.orientation.upper())
+        if config.spacing is not None and not np.allclose(volume.geometry.spacing, config.spacing, rtol=1e-6):
+            volume = resample_to_spacing(volume, config.spacing, interpolation=interpolation)
+        return volume
+
+    images = [to_grid(c, "linear").array.astype(np.float32) for c in channels]
+    label_on_grid = to_grid(label, "nearest")
+    image = normalize_intensities(np.stack(images), config.normalization)
+    return image, label_on_grid.array, label_on_grid.spacing_zyx
 
 
 class _EpochPatches(torch.utils.data.Dataset):
@@ -407,7 +420,7 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
 
 def _validate(network, cases: list[PreparedCase], config: TrainConfig, n_labels: int, dist_info: _Dist) -> dict[str, float]:
     """Mean Dice per foreground label over the validation cases (reduced across ranks)."""
-    from napari_medseg.inference import sliding_window_probabilities
+    from napari_medseg.inference import sliding_window_moments
     from napari_medseg.metrics import dice
 
     model = network.module if hasattr(network, "module") else network
@@ -416,10 +429,10 @@ def _validate(network, cases: list[PreparedCase], config: TrainConfig, n_labels:
     model.eval()
     with torch.inference_mode():
         for case in cases[dist_info.rank :: dist_info.world]:
-            probs = sliding_window_probabilities(
-                model, case.image, patch_size=config.patch_size, overlap=config.overlap, spatial_dims=config.spatial_dims, device=dist_info.device
+            moments = sliding_window_moments(
+                case.image, model, patch_size=config.patch_size, spatial_dims=config.spatial_dims, overlap=config.overlap, device=dist_info.device
             )
-            predicted = np.argmax(probs, axis=0)
+            predicted = np.argmax(moments.mean_p, axis=-1)
             for index in range(1, n_labels):
                 ref = case.label == index
                 pred = predicted == index
@@ -479,7 +492,7 @@ def train(
     from napari_medseg.networks import build_network
     from napari_medseg.training.augment import build_augmentation
     from napari_medseg.training.losses import get_loss
-    from napari_medseg.training.mixup import mixup_batch
+    from napari_medseg.training.mixup import mixup
 
     emit = events or (lambda *a, **k: None)
     if config.data is None or config.output is None:
@@ -555,7 +568,7 @@ def train(
     optimizer = _build_optimizer(config, groups)
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    augment = build_augmentation(config.spatial_dims) if config.augment else None
+    augment = build_augmentation(config.spatial_dims, **config.augmentation_params) if config.augment else None
 
     # ---- state (fresh or resumed)
     start_epoch, best_metric, best_epoch = 0, -math.inf, -1
@@ -596,7 +609,8 @@ def train(
             images, targets = images.to(device), targets.to(device)
             target_in: torch.Tensor = targets
             if config.mixup_alpha > 0:
-                images, target_in = mixup_batch(images, targets, num_classes=len(label_values), alpha=config.mixup_alpha, generator=mix_gen)
+                mixed = mixup(images, targets, alpha=config.mixup_alpha, num_classes=len(label_values), generator=mix_gen)
+                images, target_in = mixed.images, mixed.targets
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type=device.type, enabled=use_amp):
                 loss = loss_fn(network(images), target_in)
@@ -623,14 +637,16 @@ def train(
         loss_tensor = _all_reduce_sum(torch.tensor([train_loss * len(losses), float(len(losses))], dtype=torch.float64), dist_info)
         train_loss = float(loss_tensor[0] / max(loss_tensor[1], 1))
         row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "learning_rate": lr, "seconds": time.perf_counter() - started}
-        improved = False
-        if prepared_val and (epoch + 1) % config.validate_every == 0:
+        improved, validated = False, True
+        if prepared_val and (epoch + 1) % config.validate_every != 0:
+            validated = False
+        elif prepared_val:
             metrics = _validate(network, prepared_val, config, len(label_values), dist_info)
             row.update(metrics)
             score = metrics["dice_mean"]
             if not math.isnan(score) and score > best_metric:
                 best_metric, best_epoch, improved = score, epoch, True
-        elif not prepared_val:
+        else:  # no validation cases: the training loss decides
             score = -train_loss
             if score > best_metric:
                 best_metric, best_epoch, improved = score, epoch, True
@@ -641,7 +657,7 @@ def train(
                 emit("metric", name=key, value=value, epoch=epoch + 1)
         if improved:
             patience_left = config.early_stopping_patience
-        elif patience_left is not None:
+        elif patience_left is not None and validated:
             patience_left -= 1
         if dist_info.main:
             log.write(row, history)

@@ -1,0 +1,237 @@
+"""``medseg predict``: segment a volume with registry models, on the input's own grid."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+_DESCRIPTION = """\
+Segment IN with one model (or an ensemble: repeat --model) and write the label map OUT with exactly
+IN's geometry (shape, spacing, origin, direction). The input is reoriented, resampled and
+normalised as the model card says, run through a Gaussian-blended sliding window, and brought back
+to IN's grid; a warning says when IN's spacing or orientation differs from the card's.
+
+Uncertainty: --mc-samples N draws N Monte-Carlo dropout samples (at --dropout P, default the
+card's rate), --tta adds every axis flip, several --model average in probability space. The
+--uncertainty file holds the components entropy, mutual_information and one variance per label
+(entropy only for a single deterministic pass), in nats; their order is in its header key
+medseg_components and in the JSON sidecar.
+
+Provenance (models, sha256, parameters, version) is written into the header of NRRD/MHA outputs
+and always into the JSON sidecar OUT.json. Every file is written atomically after the whole
+prediction succeeded, so a failure or Ctrl-C leaves no partial output.
+
+Exit codes: 0 success, 1 internal error, 2 bad input, 130 cancelled.
+"""
+
+
+#: the values of napari_medseg.inference.Device (not imported here: it pulls in torch)
+_DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="segment a volume with registry models (labels, probabilities, uncertainty)",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("input", metavar="IN", nargs="+", help="input volume file or DICOM folder; several for multi-channel models, in the card's channel order")
+    parser.add_argument("output", metavar="OUT", help="output label map; the extension picks the format")
+    parser.add_argument("--model", action="append", required=True, metavar="NAME", help="registry name or model folder; repeat for an ensemble")
+    parser.add_argument("--device", default="auto", choices=_DEVICES, help="where the network runs (default auto)")
+    parser.add_argument("--overlap", type=float, metavar="F", help="patch overlap in [0, 1) (default: the card's, usually 0.25)")
+    parser.add_argument("--batch-size", type=int, metavar="B", help="patches per network call (default 1 for 3D, 16 slices for 2D)")
+    parser.add_argument("--mc-samples", type=int, default=0, metavar="N", help="Monte-Carlo dropout samples (default 0: deterministic)")
+    parser.add_argument("--dropout", type=float, metavar="P", help="dropout rate in [0, 1) for Monte-Carlo sampling (default: the card's)")
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation: average over every axis flip")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed of the dropout masks (default 0)")
+    parser.add_argument("--probabilities", metavar="FILE", help="also write the mean probabilities (one component per label)")
+    parser.add_argument("--uncertainty", metavar="FILE", help="also write the uncertainty maps (components: see above)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    post = parser.add_argument_group("post-processing of the label map (after prediction, in mm)")
+    post.add_argument("--labels", metavar="L1,L2", help="apply the post-processing to these labels only (default all)")
+    post.add_argument("--opening-mm", type=float, metavar="R", help="opening radius in mm")
+    post.add_argument("--closing-mm", type=float, metavar="R", help="closing radius in mm")
+    fill = post.add_mutually_exclusive_group()
+    fill.add_argument("--fill-holes", action="store_true", help="fill holes enclosed in 3D")
+    fill.add_argument("--fill-holes-2d", action="store_true", help="fill holes slice by slice along z")
+    post.add_argument("--min-size-mm3", type=float, metavar="V", help="remove components smaller than V mm^3")
+    post.add_argument("--keep-largest", type=int, nargs="?", const=1, metavar="N", help="keep the N largest components per label (default 1)")
+    parser.set_defaults(func=run_predict)
+
+
+def _postprocess_requested(args: argparse.Namespace) -> bool:
+    return any(
+        v not in (None, False)
+        for v in (args.opening_mm, args.closing_mm, args.fill_holes, args.fill_holes_2d, args.min_size_mm3, args.keep_largest)
+    )
+
+
+def _uncertainty_volume(prediction, label_names: list[str]):
+    """Stack the uncertainty maps into one multi-component Volume and name its components."""
+    import numpy as np
+
+    from napari_medseg.volume import Volume
+
+    parts, names = [], []
+    for key in ("entropy", "mutual_information"):
+        if key in prediction.uncertainty:
+            parts.append(prediction.uncertainty[key].array[..., None])
+            names.append(key)
+    if "variance" in prediction.uncertainty:
+        parts.append(prediction.uncertainty["variance"].array)
+        names.extend(f"variance_{n}" for n in label_names)
+    array = np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
+    if array.ndim == 4 and array.shape[-1] == 1:
+        array = array[..., 0]
+    meta = dict(prediction.labels.metadata)
+    meta["medseg_components"] = ",".join(names)
+    return Volume(array, prediction.labels.geometry, meta), names
+
+
+def run_predict(args: argparse.Namespace, *, cancel=None) -> None:
+    """Handler of ``medseg predict`` (``cancel``: an event, for callers that run it in-process)."""
+    from napari_medseg.cli import UsageError, parse_labels
+    from napari_medseg.inference import CardMismatchWarning, predict
+    from napari_medseg.registry import load_model
+    from napari_medseg.volume import read_volume, write_volume
+
+    output = Path(args.output)
+    outputs = [output, Path(str(output) + ".json")]
+    for extra in (args.probabilities, args.uncertainty):
+        if extra:
+            outputs.append(Path(extra))
+    if len({p.resolve() for p in outputs}) != len(outputs):
+        raise UsageError("OUT, --probabilities and --uncertainty must be different files")
+    chain = None
+    if _postprocess_requested(args):
+        from napari_medseg.postprocess import chain_from_options
+
+        chain = chain_from_options(
+            opening_mm=args.opening_mm, closing_mm=args.closing_mm, fill_holes=args.fill_holes,
+            fill_holes_2d=args.fill_holes_2d, min_size_mm3=args.min_size_mm3,
+            keep_largest=args.keep_largest if args.keep_largest is not None else False,
+            labels=parse_labels(args.labels),
+        )
+    elif args.labels is not None:
+        raise UsageError("--labels selects labels for post-processing; give a post-processing flag too")
+
+    # check the numbers before loading anything, so a typo fails at once
+    from napari_medseg.inference import _check_overlap, _check_positive_int, resolve_device
+    from napari_medseg.networks.unet import check_dropout_rate
+    from napari_medseg.uncertainty import check_mc_samples
+
+    try:
+        check_mc_samples(args.mc_samples)
+    except Exception as exc:
+        raise UsageError(f"--mc-samples={args.mc_samples}: expected an integer >= 0 (0 = deterministic)") from exc
+    if args.dropout is not None:
+        check_dropout_rate(args.dropout, name="--dropout")
+    if args.overlap is not None:
+        _check_overlap(args.overlap)
+    if args.batch_size is not None:
+        _check_positive_int(args.batch_size, "--batch-size")
+    resolve_device(args.device)
+    models = [load_model(name) for name in args.model]
+    volumes = [read_volume(path) for path in args.input]
+    card = models[0].card
+    label_values = card.label_values
+    label_names = [card.labels[v].name for v in label_values]
+
+    with warnings.catch_warnings(record=True) as caught, _progress_bar(not args.no_progress) as progress:
+        warnings.simplefilter("always", CardMismatchWarning)
+        prediction = predict(
+            volumes if len(volumes) > 1 else volumes[0], models, device=args.device, overlap=args.overlap,
+            batch_size=args.batch_size, mc_samples=args.mc_samples, dropout_rate=args.dropout, tta_flips=args.tta,
+            seed=args.seed, progress=progress, cancel=cancel,
+        )
+    for w in caught:
+        if issubclass(w.category, CardMismatchWarning):
+            print(f"medseg predict: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+    labels = prediction.labels
+    if chain is not None and len(chain):
+        from napari_medseg.postprocess import postprocess
+
+        labels = postprocess(labels, chain, cancel=cancel)
+
+    provenance = dict(prediction.provenance)
+    provenance["inputs"] = [str(p) for p in args.input]
+    provenance["geometry"] = volumes[0].geometry.to_dict()
+    provenance["shape"] = list(volumes[0].shape)
+    provenance["postprocess"] = chain.to_json() if chain is not None and hasattr(chain, "to_json") else (
+        None if chain is None else chain.describe()
+    )
+    provenance["outputs"] = {"labels": str(output)}
+
+    names = {v: label_names[i] for i, v in enumerate(label_values)}
+    colors = {v: tuple(card.labels[v].color) for v in label_values}
+    to_write = [(labels, output, {"label_names": names, "label_colors": colors})]
+    if args.probabilities:
+        prob = prediction.probabilities
+        prob = prob.derive(prob.array, metadata={"medseg_components": ",".join(label_names)})
+        to_write.append((prob, Path(args.probabilities), {}))
+        provenance["outputs"]["probabilities"] = {"file": args.probabilities, "components": label_names}
+    if args.uncertainty:
+        unc, components = _uncertainty_volume(prediction, label_names)
+        to_write.append((unc, Path(args.uncertainty), {}))
+        provenance["outputs"]["uncertainty"] = {"file": args.uncertainty, "components": components}
+
+    from napari_medseg._atomic import write_text_atomic
+    from napari_medseg.inference import provenance_metadata
+
+    header = provenance_metadata(provenance)
+    for volume, path, kwargs in to_write:
+        if cancel is not None and cancel.is_set():
+            from napari_medseg.errors import CancelledError
+
+            raise CancelledError("prediction was cancelled before its outputs were written")
+        meta = {**volume.metadata, **header}
+        extra = {} if not str(path).lower().endswith(".seg.nrrd") else kwargs
+        write_volume(volume.derive(volume.array, metadata=meta), path, **extra)
+    write_text_atomic(Path(str(output) + ".json"), json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+    counts = _label_counts(labels.array, label_values, names)
+    print(f"wrote {output} ({' x '.join(map(str, labels.shape))}, {labels.array.dtype}; {counts})")
+
+
+def _label_counts(array, values, names) -> str:
+    import numpy as np
+
+    counts = np.bincount(array.ravel().astype(np.int64), minlength=max(values) + 1)
+    return ", ".join(f"{names[v]}: {int(counts[v])} voxels" for v in values if v != 0) or "no labels"
+
+
+class _progress_bar:  # noqa: N801 - a context manager used like a function
+    """A rich progress bar on stderr, yielding a ``progress(done, total)`` callback (or None)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._progress = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=Console(stderr=True), transient=True,
+        )
+        self._progress.start()
+        task = self._progress.add_task("predict", total=None)
+
+        def update(done: int, total: int) -> None:
+            self._progress.update(task, completed=done, total=total)
+
+        return update
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()
