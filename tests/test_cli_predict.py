@@ -17,6 +17,17 @@ from napari_medseg.errors import CancelledError
 from napari_medseg.volume import Geometry, Volume, read_volume, write_volume
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The CI machine is shared; one thread avoids OpenMP oversubscription stalls."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _env(**extra):
     """The subprocess environment: one OpenMP thread (the CI machine is shared)."""
     return {**os.environ, "OMP_NUM_THREADS": "1", **{k: str(v) for k, v in extra.items()}}

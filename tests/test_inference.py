@@ -435,6 +435,16 @@ def test_predict_progress_total_and_cancel(tmp_path):
         predict(vol, model, cancel=event)
 
 
+def test_predict_progress_total_with_resampling(tmp_path, oblique_volume):
+    model = make_model(tmp_path, spacing=(1.5, 1.0, 2.0), orientation="RAS", patch_size=(4, 8, 8))
+    calls = []
+    with pytest.warns(CardMismatchWarning):
+        predict(oblique_volume, model, progress=lambda d, t: calls.append((d, t)))
+    assert calls and calls[-1][0] == calls[-1][1]
+    assert [d for d, _ in calls] == list(range(1, len(calls) + 1))
+    assert len({t for _, t in calls}) == 1
+
+
 def test_predict_by_registry_name(tmp_path, monkeypatch):
     make_model(tmp_path, name="liver-ct")
     monkeypatch.setenv("MEDSEG_MODELS", str(tmp_path))

@@ -117,6 +117,12 @@ def mc_dropout(model: nn.Module, *, rate: float | None = None) -> Iterator[nn.Mo
             layer.p = p
 
 
+def _slabs(n: int, per_item: int, budget: int = 1 << 24) -> list[slice]:
+    """Slices of ``range(n)`` holding at most ``budget`` elements each (at least one item)."""
+    step = max(1, budget // max(1, per_item))
+    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
+
+
 def entropy(probabilities: np.ndarray, *, axis: int = -1) -> np.ndarray:
     """Shannon entropy in nats along ``axis`` (the label axis).
 
@@ -130,10 +136,18 @@ def entropy(probabilities: np.ndarray, *, axis: int = -1) -> np.ndarray:
     -------
     numpy.ndarray
         float32, ``probabilities``' shape without ``axis``; 0 for a one-hot vector, ``log C`` for
-        a uniform one.
+        a uniform one. Large arrays are processed in slabs along their first axis, so the
+        temporaries stay small.
     """
     p = np.asarray(probabilities, dtype=np.float32)
-    return -np.sum(p * np.log(np.maximum(p, _TINY)), axis=axis, dtype=np.float32)
+    axis = axis % max(p.ndim, 1)
+    if p.ndim < 2 or axis == 0:
+        return -np.sum(p * np.log(np.maximum(p, _TINY)), axis=axis, dtype=np.float32)
+    out = np.empty(p.shape[:axis] + p.shape[axis + 1:], np.float32)
+    for sl in _slabs(p.shape[0], p[0].size):
+        q = p[sl]
+        out[sl] = -np.sum(q * np.log(np.maximum(q, _TINY)), axis=axis, dtype=np.float32)
+    return out
 
 
 def summarize_moments(
@@ -166,7 +180,15 @@ def summarize_moments(
     """
     out = {"entropy": entropy(mean_p, axis=axis)}
     if mean_p2 is not None:
-        out["variance"] = np.maximum(np.asarray(mean_p2, np.float32) - np.square(mean_p, dtype=np.float32), 0.0)
+        variance = np.array(mean_p2, dtype=np.float32, copy=True)
+        mean_p = np.asarray(mean_p, dtype=np.float32)
+        if variance.ndim == 0:
+            variance = np.maximum(variance - mean_p * mean_p, 0.0)
+        else:
+            for sl in _slabs(variance.shape[0], variance[0].size):  # no full-size temporaries
+                variance[sl] -= np.square(mean_p[sl])
+                np.maximum(variance[sl], 0.0, out=variance[sl])
+        out["variance"] = variance
     if mean_entropy is not None:
         out["mutual_information"] = np.maximum(out["entropy"] - np.asarray(mean_entropy, np.float32), 0.0)
     return out

@@ -21,7 +21,7 @@ from napari_medseg.sample_data import TISSUE_LABELS, mni152_tissue_probabilities
 from napari_medseg.training.synth import brain_region, synthesize_case
 from napari_medseg.volume import Geometry, Volume, write_volume
 
-MARGIN_VOXELS = 6
+MARGIN_VOXELS = 16  # empty slices around the brain, as in real skull-stripped volumes
 
 
 def _crop():

@@ -21,8 +21,8 @@ card's rate), --tta adds every axis flip, several --model average in probability
 medseg_components and in the JSON sidecar.
 
 Provenance (models, sha256, parameters, version) is written into the header of NRRD/MHA outputs
-and always into the JSON sidecar OUT.json. Every file is written atomically after the whole
-prediction succeeded, so a failure or Ctrl-C leaves no partial output.
+and always into the JSON sidecar OUT.json. Nothing is written before the whole prediction has
+succeeded, and each file is written atomically, so a failure or Ctrl-C leaves no partial file.
 
 Exit codes: 0 success, 1 internal error, 2 bad input, 130 cancelled.
 """

@@ -7,6 +7,9 @@
   tensor in channels-last order (torch's ``instance_norm`` copies a channels-last tensor to
   channels-first and back: measured on the benchmark U-Net, 85 ms vs 40 ms per 16x96^3 tensor on
   2 AVX-512 cores);
+* 1x1 convolutions computed as matrix products over the channels, and convolutions with fewer
+  than 8 input channels run on zero-padded channels (oneDNN instead of a slow fallback);
+* element-wise dropout layers drawing their masks faster (:class:`FastDropout`);
 * parameters in channels-last memory format (oneDNN convolutions: 0.065 s vs 0.106 s for a
   16->16 3x3x3 convolution on 96^3).
 """
@@ -53,11 +56,17 @@ class FusedInstanceNormAct(nn.Module):
             xm = x.reshape(b, c, -1)
             dim = 2
         n = xm.shape[dim]
-        # sums in float32 over blocks, combined in float64, so that E[x^2] - E[x]^2 keeps float32
-        # accuracy (measured: 2e-6 max error vs torch's instance_norm); the sum of squares is the
-        # diagonal of the C x C Gram matrix (one GEMM, far faster than a strided reduction);
-        # fall back to the two-pass formula when the mean dominates the spread (cancellation)
-        sum64 = x.sum(dim=tuple(range(3, x.ndim))).sum(-1, dtype=torch.float64) if x.ndim > 3 else xm.sum(dim, dtype=torch.float64)
+        # sums in float32 over blocks (one GEMV per depth slice), combined in float64, so that
+        # E[x^2] - E[x]^2 keeps float32 accuracy; the sum of squares is the diagonal of the C x C
+        # Gram matrix (one GEMM). Both are far faster than strided reductions (2.8 ms vs 45 ms
+        # for the sums of a 16x96^3 tensor, 1 thread). Fall back to the two-pass formula when the
+        # mean dominates the spread (cancellation).
+        if channels_last and x.ndim == 5:
+            blocks = xm.view(b, x.shape[2], -1, c)  # (B, D, H*W, C)
+            ones = torch.ones(1, blocks.shape[2], dtype=x.dtype, device=x.device)
+            sum64 = torch.matmul(ones, blocks).sum(dim=(1, 2), dtype=torch.float64)
+        else:
+            sum64 = xm.sum(dim, dtype=torch.float64)
         xt = xm if channels_last else xm.transpose(1, 2)  # (B, voxels, C)
         sumsq64 = torch.bmm(xt.transpose(1, 2), xt).diagonal(dim1=1, dim2=2).to(torch.float64)
         mean64 = sum64 / n
@@ -85,6 +94,121 @@ class FusedInstanceNormAct(nn.Module):
         if isinstance(act, nn.LeakyReLU):
             return F.leaky_relu_(y, act.negative_slope)
         return act(y)
+
+
+class PointwiseConv(nn.Module):
+    """A 1x1(x1) convolution computed as one matrix product over the channels of a channels-last
+    input (21 ms vs 105 ms for 16 -> 4 channels on 96^3, 1 thread: torch has no fast
+    channels-last kernel for it). The output is channels-first (contiguous), which is what a
+    softmax over the labels wants when this is the head. Other layouts use the convolution."""
+
+    def __init__(self, conv: nn.modules.conv._ConvNd) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (x.ndim in (4, 5) and x.is_contiguous(memory_format=channels_last_format(x.ndim))):
+            return self.conv(x)
+        b, c = x.shape[:2]
+        xm = x.permute(0, *range(2, x.ndim), 1).reshape(b, -1, c)  # (B, voxels, C): a view
+        weight = self.conv.weight.reshape(self.conv.out_channels, c)
+        y = torch.matmul(weight, xm.transpose(1, 2))  # (B, out, voxels)
+        if self.conv.bias is not None:
+            y += self.conv.bias.view(1, -1, 1)
+        return y.view(b, self.conv.out_channels, *x.shape[2:])
+
+
+class ChannelPaddedConv(nn.Module):
+    """A convolution with few input channels run with zero-padded inputs and weights (8
+    channels): torch has no oneDNN path for 1 input channel and falls back to a slow kernel with
+    a channels-first output (measured 150 ms vs about 60 ms for 1 -> 16 channels on 96^3, 1
+    thread). The zeros add nothing, so the output is the same."""
+
+    PAD_TO = 8
+
+    def __init__(self, conv: nn.Conv3d | nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = copy.deepcopy(conv)
+        weight = conv.weight.data
+        extra = torch.zeros(weight.shape[0], self.PAD_TO - weight.shape[1], *weight.shape[2:], dtype=weight.dtype, device=weight.device)
+        self.conv.weight = nn.Parameter(torch.cat([weight, extra], dim=1), requires_grad=False)
+        self.conv.in_channels = self.PAD_TO
+        self.n_in = conv.in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = torch.zeros(x.shape[0], self.PAD_TO - self.n_in, *x.shape[2:], dtype=x.dtype, device=x.device)
+        xp = torch.cat([x, pad], dim=1).contiguous(memory_format=channels_last_format(x.ndim))
+        return self.conv(xp)
+
+
+class FastDropout(nn.Dropout):
+    """Element-wise dropout that draws its mask from 16-bit random integers.
+
+    Each voxel is kept with probability ``1 - p`` and kept values are scaled by ``1 / (1 - p)``,
+    as with ``nn.Dropout``, but ``p`` is rounded to a multiple of 1/65536 (at most 7.7e-6 off)
+    and the mask comes from 64-bit random integers split into four 16-bit ones, laid out in the
+    input's memory order. Drawing the mask is the floor of a Monte-Carlo sample's cost: 28 ms vs
+    76 ms (``torch.rand``) or 135 ms (``bernoulli_``) for a 16x96^3 tensor, 1 thread. Another
+    random stream than ``nn.Dropout``, the same seed gives the same masks.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        drop = round(float(self.p) * 65536)
+        if drop >= 65536:
+            return torch.zeros_like(x)
+        numel = x.numel()
+        bits = torch.empty((numel + 3) // 4, dtype=torch.int64, device=x.device)
+        bits.random_(-(2**63), 2**63 - 1)
+        u = bits.view(torch.int16)[:numel]
+        # work on the flat physical order of x (channels-last or contiguous), where every
+        # element-wise op is a contiguous pass
+        channels_last = x.ndim in (4, 5) and x.is_contiguous(memory_format=channels_last_format(x.ndim))
+        if channels_last:
+            order = (0, *range(2, x.ndim), 1)
+            flat = x.permute(order).reshape(-1)
+        else:
+            flat = x.reshape(-1)
+        # u is uniform on [-32768, 32767]: drop the lowest `drop` of the 65536 values
+        out = torch.where(u >= drop - 32768, flat, 0.0).mul_(65536.0 / (65536 - drop))
+        if channels_last:
+            return out.view(x.shape[0], *x.shape[2:], x.shape[1]).permute(0, x.ndim - 1, *range(1, x.ndim - 1))
+        return out.view(x.shape)
+
+
+def _is_thin(conv: nn.Module) -> bool:
+    return (
+        type(conv) in (nn.Conv2d, nn.Conv3d)
+        and conv.in_channels < ChannelPaddedConv.PAD_TO
+        and conv.groups == 1
+        and any(k > 1 for k in conv.kernel_size)
+    )
+
+
+def _is_pointwise(conv: nn.Module) -> bool:
+    return (
+        isinstance(conv, (nn.Conv2d, nn.Conv3d))
+        and all(k == 1 for k in conv.kernel_size)
+        and all(s == 1 for s in conv.stride)
+        and all(p == 0 for p in conv.padding)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+    )
+
+
+def _replace_pointwise(module: nn.Module) -> None:
+    for name, child in list(module.named_children()):
+        if _is_pointwise(child):
+            setattr(module, name, PointwiseConv(child))
+        elif _is_thin(child):
+            setattr(module, name, ChannelPaddedConv(child))
+        elif type(child) is nn.Dropout and not child.inplace:
+            fast = FastDropout(child.p)
+            fast.train(child.training)
+            setattr(module, name, fast)
+        else:
+            _replace_pointwise(child)
 
 
 def _fuse_adn(module: nn.Module) -> None:
@@ -129,6 +253,7 @@ def optimize_for_inference(network: nn.Module, *, device: torch.device | str = "
     net = copy.deepcopy(network).eval()
     with torch.no_grad():
         _fuse_adn(net)
+        _replace_pointwise(net)
     net = net.to(device)
     if channels_last:
         for m in net.modules():

@@ -66,6 +66,7 @@ def synthesize_case(
     max_rotation_deg: float = 12.0,
     scale_range: tuple[float, float] = (0.9, 1.1),
     elastic_voxels: float = 3.0,
+    skull_stripped_probability: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Make one synthetic (image, labels) pair on the maps' grid.
 
@@ -82,6 +83,9 @@ def synthesize_case(
         Random scale per axis.
     elastic_voxels : float, default 3
         Standard deviation (voxels) of the smooth elastic displacement at its control points.
+    skull_stripped_probability : float, default 0.5
+        Probability that everything outside the (deformed) brain region is set to exactly 0, as
+        in skull-stripped images; otherwise the outside has a low random intensity and noise.
 
     Returns
     -------
@@ -129,6 +133,9 @@ def synthesize_case(
     image = np.clip(image / top, 0.0, None) ** gamma * top
     image = image + rng.uniform(0.0, 4.0) * rng.standard_normal(gm.shape, dtype=np.float32)
     image = np.clip(image, 0.0, None).astype(np.float32)
+    if rng.random() < skull_stripped_probability:
+        # skull-stripped images (like the MNI152 template) are exactly 0 outside the brain
+        image[p_brain < 0.5] = 0.0
 
     tissue = np.stack([p_gm, p_wm])
     labels = (np.argmax(tissue, axis=0) + 1).astype(np.uint8)
