@@ -45,6 +45,11 @@ def test_train_then_finetune_then_refine(tmp_path, run_cli):
     assert [r["round"] for r in rows] == [1, 2]
     assert all(0.0 <= r["dice_vs_reference"] <= 1.0 for r in rows)
     assert len(list((tmp_path / "refine" / "round_2" / "labels").glob("*.nii.gz"))) == 4
+    # a third round continues from the saved rounds instead of starting over
+    run_cli("refine", "--model", tmp_path / "run" / "model", "--data", data, "--output", tmp_path / "refine",
+            "--rounds", "3", "--epochs", "1", "--config", config, "--resume")
+    again = [json.loads(line) for line in (tmp_path / "refine" / "rounds.jsonl").read_text().splitlines()]
+    assert again[:2] == rows and again[2]["round"] == 3
 
 
 def test_train_as_a_background_job_cancel_and_resume(tmp_path):

@@ -15,10 +15,13 @@ __all__ = ["look_up_option", "close_matches_message"]
 
 def close_matches_message(value: str, choices: list[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest of ``choices`` or an empty string."""
-    close = difflib.get_close_matches(str(value).lower(), [c.lower() for c in choices], n=3, cutoff=0.5)
+    by_lower: dict[str, str] = {}
+    for choice in choices:  # match case-insensitively, suggest in the choices' own spelling
+        by_lower.setdefault(str(choice).lower(), str(choice))
+    close = difflib.get_close_matches(str(value).lower(), list(by_lower), n=3, cutoff=0.5)
     if not close:
         return ""
-    return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
+    return " (did you mean " + " or ".join(repr(by_lower[c]) for c in close) + "?)"
 
 
 def look_up_option(value: str | E, options: type[E], *, name: str) -> E:

@@ -40,7 +40,6 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,7 +52,7 @@ from napari_medseg.networks._fast import channels_last_format
 from napari_medseg.networks.unet import check_dropout_rate
 from napari_medseg.progress import CancelEvent, ProgressCallback, check_cancelled, report
 from napari_medseg.uncertainty import check_mc_samples, mc_dropout, summarize_moments
-from napari_medseg.volume import Geometry, Volume, check_same_grid, reorient, to_sitk
+from napari_medseg.volume import Geometry, Volume, check_same_grid, reorient, resample
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_medseg.registry import ModelCard, NormalizationSpec, RegistryModel
@@ -637,17 +636,7 @@ def _card_warnings(volume: Volume, card: ModelCard) -> list[str]:
 
 def _resample_sitk(volume: Volume, geometry: Geometry, shape: tuple[int, int, int]) -> np.ndarray:
     """Linear resampling onto (geometry, shape); points outside take the nearest edge value."""
-    image = to_sitk(volume)
-    resampler = sitk.ResampleImageFilter()
-    resampler.SetOutputSpacing(geometry.spacing)
-    resampler.SetOutputOrigin(geometry.origin)
-    resampler.SetOutputDirection(geometry.direction)
-    resampler.SetSize([int(shape[2]), int(shape[1]), int(shape[0])])
-    resampler.SetInterpolator(sitk.sitkLinear)
-    resampler.SetUseNearestNeighborExtrapolator(True)
-    resampler.SetOutputPixelType(image.GetPixelID())
-    del volume
-    return sitk.GetArrayFromImage(resampler.Execute(image))
+    return resample(volume, geometry=geometry, shape=shape, interpolation="linear", extrapolate_nearest=True).array
 
 
 def _to_model_grid(volume: Volume, card: ModelCard) -> tuple[Volume, bool]:
@@ -804,7 +793,7 @@ def predict(
     for m in models:
         groups.setdefault(_preprocessing_key(m.card), []).append(m)
     first = models[0].card
-    n_labels = first.out_channels
+
     totals = {"p": None, "p2": None, "h": None, "n": 0}
     done_before = 0
     base = Volume(volume.array, volume.geometry)  # normalize_intensities makes the float32 copy

@@ -784,6 +784,7 @@ def resample(
     shape: tuple[int, int, int],
     interpolation: Interpolation | str = Interpolation.LINEAR,
     default_value: float = 0.0,
+    extrapolate_nearest: bool = False,
 ) -> Volume:
     """Resample ``volume`` onto the grid given by ``geometry`` and ``shape`` (z, y, x).
 
@@ -800,6 +801,9 @@ def resample(
         SimpleITK's cast to the input dtype.
     default_value : float, default 0
         Value of voxels that fall outside the input.
+    extrapolate_nearest : bool, default False
+        Give voxels outside the input the nearest edge value instead of ``default_value`` (what
+        probability maps need at the rim of a grid).
 
     Raises
     ------
@@ -817,6 +821,7 @@ def resample(
     resampler.SetSize([int(shape[2]), int(shape[1]), int(shape[0])])
     resampler.SetInterpolator(_SITK_INTERPOLATORS[mode])
     resampler.SetDefaultPixelValue(float(default_value))
+    resampler.SetUseNearestNeighborExtrapolator(bool(extrapolate_nearest))
     resampler.SetOutputPixelType(image.GetPixelID())
     out = resampler.Execute(image)
     return Volume(sitk.GetArrayFromImage(out), geometry, volume.metadata)

@@ -180,9 +180,20 @@ def run_finetune(args: argparse.Namespace) -> None:
 
 
 def run_refine(args: argparse.Namespace) -> None:
+    import json
+
+    from napari_medseg.jobs import reporter_from_args, run_reported
     from napari_medseg.training.refine import refine_labels
 
     config = _finetune_config(args)
-    result = refine_labels(config, rounds=args.rounds, reference=args.reference, events=_ConsoleEvents())
-    for row in result:
-        print(row)
+    reporter = reporter_from_args(args)
+    if reporter is None:
+        rows = refine_labels(config, rounds=args.rounds, reference=args.reference, events=_ConsoleEvents(), resume=args.resume)
+        for row in rows:
+            print(json.dumps(row))
+        return
+    with run_reported(reporter) as job:
+        rows = refine_labels(
+            config, rounds=args.rounds, reference=args.reference, events=job.emit, cancel=job.cancel, resume=args.resume
+        )
+        job.outputs.update({"rounds": rows, "output": str(config.output)})

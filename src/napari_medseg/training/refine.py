@@ -48,6 +48,7 @@ def refine_labels(
     reference: str | os.PathLike | None = None,
     events: Any = None,
     cancel: CancelEvent | None = None,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
     """Run ``rounds`` rounds of fine-tune / predict / replace on ``config.data``.
 
@@ -62,6 +63,9 @@ def refine_labels(
         A folder of reference label files named like the cases' labels, to score every round.
     events, cancel
         As for :func:`napari_medseg.training.trainer.train`.
+    resume : bool, default False
+        Continue an interrupted refinement in ``output``: finished rounds (listed in
+        ``rounds.jsonl``) are kept, and an interrupted round resumes its training checkpoint.
 
     Returns
     -------
@@ -88,7 +92,14 @@ def refine_labels(
     cases = discover_cases(config.data, patient_pattern=config.patient_pattern)
     current_dir = Path(config.data)
     rows: list[dict[str, Any]] = []
-    for round_index in range(1, rounds + 1):
+    log_path = output / "rounds.jsonl"
+    if resume and log_path.exists():
+        rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+        if rows:
+            current_dir = output / f"round_{rows[-1]['round']}"
+    elif log_path.exists():
+        raise InvalidInputError(f"{output}: a refinement already exists there; pass --resume to continue it")
+    for round_index in range(len(rows) + 1, rounds + 1):
         check_cancelled(cancel, "label refinement")
         round_dir = output / f"round_{round_index}"
         # a dataset folder for this round: the images and the current labels
@@ -106,7 +117,8 @@ def refine_labels(
             label_src = current_dir / "labelsTr" / case.label.name if round_index > 1 else case.label
             shutil.copy(label_src, data_dir / "labelsTr" / case.label.name)
         round_config = config.model_copy(update={"data": str(data_dir), "output": str(round_dir / "run")})
-        result = train(round_config, events=events, cancel=cancel)
+        interrupted = (round_dir / "run" / "checkpoints" / "last.pt").exists()
+        result = train(round_config, events=events, cancel=cancel, resume=resume and interrupted)
         model = load_model_folder(result.model_folder)
         labels_dir = round_dir / "labels"
         agreements, ref_scores = [], []
@@ -131,7 +143,7 @@ def refine_labels(
         if ref_scores:
             row["dice_vs_reference"] = float(np.mean(ref_scores))
         rows.append(row)
-        write_text_atomic(output / "rounds.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        write_text_atomic(log_path, "".join(json.dumps(r) + "\n" for r in rows))
         if events is not None:
             events("log", message=f"refinement round {round_index}: {row}", level="info")
     return rows
