@@ -423,3 +423,18 @@ def test_derive_keeps_geometry_and_refuses_other_shapes(oblique_volume):
     assert derived.geometry == oblique_volume.geometry and derived.metadata["k"] == "v"
     with pytest.raises(GeometryMismatchError):
         oblique_volume.derive(np.ones((1, 2, 3)))
+
+
+def test_written_files_get_ordinary_permissions(tmp_path, oblique_volume):
+    from napari_medseg._atomic import write_text_atomic
+
+    umask = os.umask(0o022)
+    try:
+        volume_file = write_volume(oblique_volume, tmp_path / "v.nrrd")
+        text_file = write_text_atomic(tmp_path / "t.txt", "x")
+        folder = write_volume(Volume(np.zeros((2, 3, 4), np.int16)), tmp_path / "dicom")
+    finally:
+        os.umask(umask)
+    assert (volume_file.stat().st_mode & 0o777) == 0o644
+    assert (text_file.stat().st_mode & 0o777) == 0o644
+    assert (folder.stat().st_mode & 0o777) == 0o755

@@ -16,6 +16,22 @@ from pathlib import Path
 __all__ = ["atomic_path", "atomic_directory", "write_text_atomic", "write_bytes_atomic"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _give_default_mode(tmp: Path, target: Path, *, directory: bool) -> None:
+    # mkstemp/mkdtemp create private (0600/0700) entries; outputs get the mode a plain open()
+    # would give them, or keep the mode of the file they replace
+    if target.exists():
+        mode = target.stat().st_mode & 0o7777
+    else:
+        mode = (0o777 if directory else 0o666) & ~_umask()
+    os.chmod(tmp, mode)
+
+
 def _suffixes(path: Path) -> str:
     # keep every suffix (".nii.gz", ".seg.nrrd") so writers that dispatch on the name still work
     return "".join(path.suffixes) if path.suffixes else ""
@@ -35,6 +51,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        _give_default_mode(tmp, target, directory=False)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -54,6 +71,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        _give_default_mode(tmp, target, directory=True)
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")

@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("model", type=Path)
     parser.add_argument("--install", type=Path, help="copy the evaluated model folder here")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--recipe", default="training/demo_brain/config.yaml", help="recipe recorded in the card")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model_folder(args.model)
@@ -47,7 +48,7 @@ def main() -> None:
             "mni152_t1_predict_seconds_2_threads": round(seconds, 1),
         }
     )
-    card = model.card.model_copy(update={"metrics": metrics})
+    card = model.card.model_copy(update={"metrics": metrics, "recipe": args.recipe})
     write_card(card, model.card_path)
     print(json.dumps({k: v for k, v in metrics.items() if k.startswith("mni152")}))
     if args.install:

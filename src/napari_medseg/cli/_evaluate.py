@@ -77,7 +77,8 @@ def _print_table(result: dict, pred: str, ref: str) -> None:
     if not labels:
         console.print(f"no non-zero label in {pred} or {ref}: nothing to evaluate")
         return
-    table = Table(title=f"{pred} vs {ref}", caption="inf: one of the label's two masks is empty")
+    has_inf = any(v is None for values in labels.values() for v in values.values())
+    table = Table(title=f"{pred} vs {ref}", caption="inf: one of the label's two masks is empty" if has_inf else None)
     table.add_column("metric")
     for label in labels:
         table.add_column(f"label {label}", justify="right")
