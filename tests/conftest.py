@@ -32,6 +32,17 @@ def oblique_volume() -> Volume:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """The CI machine is shared; one torch thread avoids OpenMP oversubscription stalls."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def run_cli():
     """Run ``medseg`` in a subprocess (the real console entry point) and return the CompletedProcess."""
 

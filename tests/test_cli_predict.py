@@ -17,15 +17,7 @@ from napari_medseg.errors import CancelledError
 from napari_medseg.volume import Geometry, Volume, read_volume, write_volume
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CI machine is shared; one thread avoids OpenMP oversubscription stalls."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _env(**extra):

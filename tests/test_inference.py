@@ -28,13 +28,7 @@ from napari_medseg.networks import build_network
 from napari_medseg.volume import Geometry, Volume, reorient
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CI machine is shared; one thread avoids OpenMP oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_model(folder, *, name="tiny", spatial_dims=3, channels=(4, 8), in_channels=1, labels=(0, 1),

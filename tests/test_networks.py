@@ -20,13 +20,7 @@ from napari_medseg.networks._staged import PopConcat, PushSkip
 from napari_medseg.uncertainty import mc_dropout
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CI machine is shared; one thread avoids OpenMP oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SHAPE_CASES = [
