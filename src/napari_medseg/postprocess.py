@@ -148,14 +148,19 @@ def _check_spacing(spacing_mm: Any, ndim: int | None) -> tuple[float, ...]:
     return spacing
 
 
-def _check_radius(radius_mm: Any) -> float:
+def _check_nonnegative(value: Any, name: str, what: str) -> float:
+    """``value`` as a finite float >= 0, or an error naming ``name`` and ``what`` was expected."""
     try:
-        radius = float(radius_mm)
+        number = float(value)
     except (TypeError, ValueError):
-        raise InvalidInputError(f"radius_mm={radius_mm!r}: expected a number of millimetres >= 0") from None
-    if isinstance(radius_mm, bool) or not math.isfinite(radius) or radius < 0:
-        raise InvalidInputError(f"radius_mm={radius_mm!r}: expected a finite number of millimetres >= 0")
-    return radius
+        raise InvalidInputError(f"{name}={value!r}: expected a {what} >= 0") from None
+    if isinstance(value, bool) or not math.isfinite(number) or number < 0:
+        raise InvalidInputError(f"{name}={value!r}: expected a finite {what} >= 0")
+    return number
+
+
+def _check_radius(radius_mm: Any) -> float:
+    return _check_nonnegative(radius_mm, "radius_mm", "number of millimetres")
 
 
 def _check_selection(labels: Any) -> frozenset[int] | None:
@@ -616,13 +621,7 @@ def fill_holes(
 
 
 def _check_min_size(min_size_mm3: Any) -> float:
-    try:
-        value = float(min_size_mm3)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"min_size_mm3={min_size_mm3!r}: expected a volume in mm^3 >= 0") from None
-    if isinstance(min_size_mm3, bool) or not math.isfinite(value) or value < 0:
-        raise InvalidInputError(f"min_size_mm3={min_size_mm3!r}: expected a finite volume in mm^3 >= 0")
-    return value
+    return _check_nonnegative(min_size_mm3, "min_size_mm3", "volume in mm^3")
 
 
 def remove_small_components(
