@@ -29,6 +29,8 @@ __all__ = [
     "folding",
     "evaluate_registration",
     "label_scores",
+    "displacement_magnitude",
+    "registration_report",
 ]
 
 
@@ -285,3 +287,130 @@ def label_scores(
         raise InvalidInputError(f"label scores need napari_medseg.metrics, which is not available ({exc})") from None
     sampling = normalize_spacing(spacing_mm, reg.ndim, name="spacing_mm")
     return metrics.label_metrics(reg, ref, spacing_mm=sampling, labels=labels)
+
+
+# --------------------------------------------------------------------------------------------------
+# Volume-level helpers (the napari Register widget and the CLI report the same numbers)
+# --------------------------------------------------------------------------------------------------
+
+
+def displacement_magnitude(field):
+    """The length of a displacement field's vector at every voxel, in mm.
+
+    Parameters
+    ----------
+    field : Volume
+        A field as written by :func:`~napari_medseg.registration.volumes.displacement_to_volume`
+        (``register_volumes(...).field``, ``medseg register --field``): shape ``(z, y, x, 3)``,
+        physical LPS displacements ``(x, y, z)`` in mm.
+
+    Returns
+    -------
+    Volume
+        ``(z, y, x)`` float32, ``sqrt(ux^2 + uy^2 + uz^2)`` in mm, on the field's geometry. The
+        length does not depend on the direction cosines (they are orthonormal).
+
+    Raises
+    ------
+    InvalidInputError
+        If ``field`` does not have 3 components per voxel or holds NaN/Inf.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from napari_medseg.volume import Geometry, Volume
+    >>> u = np.zeros((1, 2, 2, 3), np.float32); u[0, 0, 0] = (3.0, 4.0, 0.0)
+    >>> displacement_magnitude(Volume(u, Geometry())).array[0]
+    array([[5., 0.],
+           [0., 0.]], dtype=float32)
+    """
+    from napari_medseg.volume import Volume
+
+    if not isinstance(field, Volume) or field.n_components != 3:
+        got = f"{field.n_components} components" if isinstance(field, Volume) else type(field).__name__
+        raise InvalidInputError(f"field: expected a displacement Volume with 3 components (x, y, z in mm), got {got}")
+    vectors = np.asarray(field.array, np.float64)
+    if not np.all(np.isfinite(vectors)):
+        raise InvalidInputError("field: contains NaN or Inf displacements")
+    magnitude = np.sqrt(np.sum(vectors * vectors, axis=-1)).astype(np.float32)
+    return Volume(magnitude, field.geometry, {"medseg_quantity": "displacement magnitude (mm)"})
+
+
+def registration_report(registration, *, moving_mask=None) -> dict:
+    """The evaluation of a :func:`~napari_medseg.registration.volumes.register_volumes` run, before and after.
+
+    The "after" values are exactly those of ``medseg register --json`` (the same
+    :func:`evaluate_registration` call on the same arrays); the "before" values compare the fixed
+    mask with the moving mask on the fixed grid, i.e. what the registration started from.
+
+    Parameters
+    ----------
+    registration : VolumeRegistration
+        What ``register_volumes`` returned.
+    moving_mask : Volume or None, keyword-only
+        The moving mask that was passed to ``register_volumes`` (on the moving grid; it is
+        resampled onto the fixed grid with nearest-neighbour interpolation when the grids differ,
+        as ``register_volumes(resample_moving=True)`` does). Default None: the Otsu mask of the
+        moving image on the fixed grid, as ``register_volumes`` computes it.
+
+    Returns
+    -------
+    dict
+        JSON-ready: ``precision``, ``recall``, ``f_measure``, ``udt_ssd`` (mm^2),
+        ``mutual_information_nats``, ``mutual_information_bits``, ``jacobian_min``,
+        ``folding_percent``, ``iterations``, ``seconds``, ``diverged``, ``metric``,
+        ``regularizer`` (the keys of ``medseg register --json``), plus ``precision_before``,
+        ``recall_before``, ``f_measure_before`` and ``udt_ssd_before``.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``moving_mask`` is not a single-component integer/bool Volume, or the masks are empty
+        where a distance transform needs an object.
+    """
+    from napari_medseg.registration.register import auto_mask
+    from napari_medseg.volume import Interpolation, Volume, resample_like
+
+    fixed_volume = registration.warped
+    result = registration.result
+    single_slice = fixed_volume.shape[0] == 1
+    spacing = fixed_volume.spacing_zyx[1:] if single_slice else fixed_volume.spacing_zyx
+    if moving_mask is None:
+        before_mask = auto_mask(registration.moving_on_fixed)
+    else:
+        if not isinstance(moving_mask, Volume) or moving_mask.n_components != 1:
+            raise InvalidInputError("moving_mask: expected a single-component label Volume or None")
+        mask = moving_mask
+        same = mask.shape == fixed_volume.shape and mask.geometry.isclose(fixed_volume.geometry, atol=1e-4)
+        if not same:
+            mask = resample_like(mask, fixed_volume, interpolation=Interpolation.NEAREST)
+        before_mask = np.asarray(mask.array)[0] if single_slice else np.asarray(mask.array)
+        before_mask = before_mask != 0
+    scores = evaluate_registration(
+        registration.fixed_mask,
+        result.warped_mask,
+        original=registration.moving_on_fixed,
+        registered=result.warped,
+        displacement=result.displacement,
+        spacing=spacing,
+    )
+    before = overlap_scores(registration.fixed_mask, before_mask)
+    return {
+        "precision": scores["precision"],
+        "recall": scores["recall"],
+        "f_measure": scores["f_measure"],
+        "mutual_information_nats": scores["mutual_information_nats"],
+        "mutual_information_bits": scores["mutual_information_bits"],
+        "udt_ssd": scores["udt_ssd"],
+        "iterations": result.iterations,
+        "seconds": round(result.seconds, 4),
+        "diverged": result.diverged,
+        "jacobian_min": scores["jacobian_min"],
+        "folding_percent": scores["folding_percent"],
+        "metric": str(result.parameters["metric"]),
+        "regularizer": str(result.parameters["regularizer"]),
+        "precision_before": before.precision,
+        "recall_before": before.recall,
+        "f_measure_before": before.f_measure,
+        "udt_ssd_before": udt_ssd(np.asarray(registration.fixed_mask, bool), before_mask, spacing),
+    }

@@ -28,8 +28,20 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_medseg.errors import FileFormatError, GeometryMismatchError, InvalidInputError
-from napari_medseg.volume import SUPPORTED_SUFFIXES, Volume, check_same_grid, read_labels, read_volume
+from napari_medseg.errors import (
+    FileFormatError,
+    GeometryMismatchError,
+    InvalidInputError,
+)
+from napari_medseg.volume import (
+    SUPPORTED_SUFFIXES,
+    Volume,
+    as_label_array,
+    check_same_grid,
+    read_labels,
+    read_volume,
+    write_volume,
+)
 
 __all__ = [
     "Case",
@@ -39,6 +51,8 @@ __all__ = [
     "load_case",
     "sample_patch",
     "pad_to_size",
+    "write_training_case",
+    "write_dataset_csv",
 ]
 
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -304,3 +318,149 @@ def sample_patch(
         start = [int(rng.integers(0, n - s + 1)) for s, n in zip(size, shape)]
     window = tuple(slice(a, a + s) for a, s in zip(start, size))
     return image[(slice(None), *window)], label[window]
+
+
+_CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_CASE_SUFFIXES = (".nii.gz", ".nrrd", ".mha")
+
+
+def write_training_case(
+    image: Volume | Sequence[Volume],
+    label: Volume,
+    folder: str | os.PathLike,
+    *,
+    case_id: str = "case_000",
+    patient: str | None = None,
+    suffix: str = ".nrrd",
+    overwrite: bool = False,
+) -> Case:
+    """Write one labelled case into ``folder`` in the layout :func:`discover_cases` reads.
+
+    The files are ``folder/imagesTr/<case_id>_0000<suffix>`` (one per channel, nnU-Net naming)
+    and ``folder/labelsTr/<case_id><suffix>``, each written atomically with its exact geometry
+    (NRRD and MetaImage keep spacing, origin and direction in double precision; NIfTI in single
+    precision). This is how a viewer's current image and label layers become a training case.
+
+    Parameters
+    ----------
+    image : Volume or sequence of Volume
+        The image channel(s), scalar ``(z, y, x)`` volumes on one grid. Not modified.
+    label : Volume
+        The label map on the same grid; integer values (written as the smallest unsigned type).
+    folder : str or os.PathLike
+        The dataset folder (created if needed).
+    case_id : str, keyword-only
+        Letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit. Default
+        ``"case_000"``.
+    patient : str or None, keyword-only
+        The patient id of the returned :class:`Case` (default: the case id, which is also what
+        :func:`discover_cases` finds for a folder without ``patient_pattern``).
+    suffix : {".nrrd", ".nii.gz", ".mha"}, keyword-only
+        File format. Default ``".nrrd"``.
+    overwrite : bool, keyword-only
+        Replace existing files of this case. Default False.
+
+    Returns
+    -------
+    Case
+        The written case (absolute paths).
+
+    Raises
+    ------
+    InvalidInputError
+        If ``case_id`` or ``suffix`` is invalid, there is no image channel, a channel is not
+        scalar, the label is not an integer map (e.g. floats, negative values), or the files exist
+        and ``overwrite`` is False.
+    GeometryMismatchError
+        If a channel or the label is not on the first channel's grid.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from napari_medseg.volume import Geometry
+    >>> img = Volume(np.zeros((2, 4, 4), np.float32), Geometry((1.0, 1.0, 2.0)))
+    >>> lab = Volume(np.ones((2, 4, 4), np.uint8), Geometry((1.0, 1.0, 2.0)))
+    >>> case = write_training_case(img, lab, tempfile.mkdtemp(), case_id="c1")
+    >>> [p.name for p in case.images], case.label.name
+    (['c1_0000.nrrd'], 'c1.nrrd')
+    """
+    if not isinstance(case_id, str) or not _CASE_ID.fullmatch(case_id):
+        raise InvalidInputError(
+            f"case_id={case_id!r}: expected letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    if suffix not in _CASE_SUFFIXES:
+        raise InvalidInputError(f"suffix={suffix!r}: expected one of {', '.join(_CASE_SUFFIXES)}")
+    channels = [image] if isinstance(image, Volume) else list(image)
+    if not channels or not all(isinstance(c, Volume) for c in channels):
+        raise InvalidInputError("image: expected a Volume or a non-empty sequence of Volumes (one per channel)")
+    if not isinstance(label, Volume):
+        raise InvalidInputError(f"label: expected a Volume, got {type(label).__name__}")
+    for i, channel in enumerate(channels):
+        if channel.n_components != 1:
+            raise InvalidInputError(f"image channel {i}: expected a scalar volume, got {channel.n_components} components")
+        if i:
+            check_same_grid(channels[0], channel, names=("image channel 0", f"image channel {i}"))
+    check_same_grid(channels[0], label, names=("image", "label"))
+    label_array = as_label_array(label.array, name="label")
+    root = Path(folder).resolve()
+    image_paths = tuple(root / "imagesTr" / f"{case_id}_{i:04d}{suffix}" for i in range(len(channels)))
+    label_path = root / "labelsTr" / f"{case_id}{suffix}"
+    existing = [p for p in (*image_paths, label_path) if p.exists()]
+    if existing and not overwrite:
+        raise InvalidInputError(f"{existing[0]} already exists; choose another case_id or pass overwrite=True")
+    for path in (*image_paths, label_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    for channel, path in zip(channels, image_paths):
+        write_volume(channel, path)
+    write_volume(Volume(label_array, label.geometry, label.metadata), label_path)
+    return Case(case_id, image_paths, label_path, patient if patient is not None else case_id)
+
+
+def write_dataset_csv(cases: Sequence[Case], path: str | os.PathLike) -> Path:
+    """Write ``cases`` as a dataset CSV that :func:`discover_cases` reads back to the same cases.
+
+    Columns ``image`` (or ``image_0``, ``image_1``, ... for several channels), ``label`` and
+    ``patient``, with absolute paths, so cases from several folders (a dataset folder and a case
+    written by :func:`write_training_case`) form one dataset. Written atomically.
+
+    Parameters
+    ----------
+    cases : sequence of Case
+        Labelled cases with the same number of channels.
+    path : str or os.PathLike
+        The CSV file to write (its folder is created if needed).
+
+    Returns
+    -------
+    pathlib.Path
+        The written path.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``cases`` is empty, a case has no label, or the cases have different numbers of
+        channels.
+    """
+    import io
+
+    from napari_medseg._atomic import write_text_atomic
+
+    cases = list(cases)
+    if not cases:
+        raise InvalidInputError("cases: expected at least one case")
+    n_channels = {len(c.images) for c in cases}
+    if len(n_channels) != 1:
+        raise InvalidInputError(f"cases have different numbers of channels {sorted(n_channels)}")
+    unlabelled = [c.id for c in cases if c.label is None]
+    if unlabelled:
+        raise InvalidInputError(f"case {unlabelled[0]!r} has no label; a training dataset needs labelled cases")
+    n = n_channels.pop()
+    image_columns = ["image"] if n == 1 else [f"image_{i}" for i in range(n)]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*image_columns, "label", "patient"])
+    for case in cases:
+        writer.writerow([*(str(Path(p).resolve()) for p in case.images), str(Path(case.label).resolve()), case.patient])
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return write_text_atomic(target, buffer.getvalue())

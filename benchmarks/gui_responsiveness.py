@@ -1,0 +1,142 @@
+"""GUI responsiveness: the longest gap of napari's Qt event loop while segmenting the demo volume.
+
+A QTimer ticks every ``--tick-ms`` (default 10 ms) on the GUI thread and records the time between
+consecutive ticks; the longest gap is how long the GUI was frozen. Two variants, same viewer, same
+model (the shipped ``brain-tissue-t1-demo``), same input (the MNI152 T1 demo volume, 197x233x189),
+same parameters (``--mc-samples``, default 2), in one run:
+
+widget      the Segment dock widget's Run button: ``predict`` in a napari worker thread, progress
+            through queued Qt signals, layers added on the GUI thread when it returns
+blocking    the baseline: the same ``predict`` called directly on the GUI thread (what a plugin
+            without workers does), then the same layers added
+
+Target: the widget's longest gap < 100 ms. The last line is one JSON object with
+``longest_gap_ms`` per variant, ``gap_ratio_blocking_vs_widget``, ticks, the run times and the
+p99 gap. Runs under Xvfb (``xvfb-run -a python benchmarks/gui_responsiveness.py``) or any display.
+
+Usage::
+
+    xvfb-run -a python benchmarks/gui_responsiveness.py [--mc-samples 2] [--threads 2] [--tick-ms 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+class GapMeter:
+    """Records the gaps between ticks of a QTimer on the GUI thread."""
+
+    def __init__(self, tick_ms: int) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.tick_ms = tick_ms
+        self.timer = QTimer()
+        self.timer.setInterval(tick_ms)
+        self.timer.timeout.connect(self._tick)
+        self.gaps_ms: list[float] = []
+        self._last: float | None = None
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.gaps_ms.append((now - self._last) * 1000.0)
+        self._last = now
+
+    def start(self) -> None:
+        self.gaps_ms.clear()
+        self._last = time.perf_counter()
+        self.timer.start()
+
+    def stop(self) -> dict:
+        self._tick()  # the gap up to now counts too (a blocking call ends in one long gap)
+        self.timer.stop()
+        gaps = sorted(self.gaps_ms)
+        p99 = gaps[min(len(gaps) - 1, int(0.99 * len(gaps)))] if gaps else float("nan")
+        return {"longest_gap_ms": round(max(gaps), 1), "p99_gap_ms": round(p99, 1), "ticks": len(gaps)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mc-samples", type=int, default=2, help="Monte-Carlo dropout samples (default 2)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
+    parser.add_argument("--tick-ms", type=int, default=10, help="timer interval on the GUI thread (default 10 ms)")
+    parser.add_argument("--model", default="brain-tissue-t1-demo", help="registry model (default the shipped demo)")
+    args = parser.parse_args(argv)
+
+    import napari
+    import torch
+    from qtpy.QtWidgets import QApplication
+
+    from napari_medseg.inference import predict
+    from napari_medseg.plugin._layers import image_layer_data
+    from napari_medseg.plugin._segment import SegmentWidget
+    from napari_medseg.registry import load_model
+    from napari_medseg.sample_data import mni152_t1
+
+    torch.set_num_threads(args.threads)
+    viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
+    volume = mni152_t1()
+    data, kwargs, _ = image_layer_data(volume, name="MNI152 T1")
+    image_layer = viewer.add_image(data, **kwargs)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Segment")
+    widget.select(image_layer=image_layer, model=args.model, mc_samples=args.mc_samples)
+    for _ in range(20):  # let the window settle
+        app.processEvents()
+        time.sleep(0.01)
+
+    results: dict[str, dict] = {}
+    meter = GapMeter(args.tick_ms)
+
+    # --- widget: Run in a worker, wait with the event loop running
+    layers_before = len(viewer.layers)
+    meter.start()
+    start = time.perf_counter()
+    widget.run()
+    while widget.runner.running:
+        app.processEvents()
+        time.sleep(0.001)
+    elapsed = time.perf_counter() - start
+    for _ in range(10):  # the layers are added on the GUI thread right after the worker returns
+        app.processEvents()
+        time.sleep(0.005)
+    results["widget"] = {**meter.stop(), "seconds": round(elapsed, 2), "outcome": widget.runner.last_outcome,
+                         "layers_added": len(viewer.layers) - layers_before}
+
+    # --- blocking baseline: the same core call on the GUI thread
+    model = load_model(args.model)
+    meter.start()
+    start = time.perf_counter()
+    prediction = predict(volume, model, mc_samples=args.mc_samples, dropout_rate=None, seed=0)
+    widget.add_prediction_layers(image_layer, model, prediction)
+    elapsed = time.perf_counter() - start
+    app.processEvents()
+    results["blocking"] = {**meter.stop(), "seconds": round(elapsed, 2)}
+
+    print(f"{'variant':<10} {'longest gap ms':>15} {'p99 gap ms':>11} {'ticks':>7} {'run s':>7}")
+    for name, r in results.items():
+        print(f"{name:<10} {r['longest_gap_ms']:>15.1f} {r['p99_gap_ms']:>11.1f} {r['ticks']:>7d} {r['seconds']:>7.2f}")
+    summary = {
+        "benchmark": "gui_responsiveness",
+        "baseline": "blocking (predict on the GUI thread)",
+        "longest_gap_ms": {k: r["longest_gap_ms"] for k, r in results.items()},
+        "gap_ratio_blocking_vs_widget": round(results["blocking"]["longest_gap_ms"] / results["widget"]["longest_gap_ms"], 1),
+        "target_ms": 100,
+        "meets_target": results["widget"]["longest_gap_ms"] < 100,
+        "mc_samples": args.mc_samples,
+        "threads": args.threads,
+        "results": results,
+    }
+    viewer.close()
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
