@@ -15,7 +15,7 @@ FORBIDDEN = {"PyQt5", "PyQt6", "PySide2", "PySide6", "qtpy", "napari", "magicgui
 
 def _imported_top_levels(path: Path) -> set[str]:
     names = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
         if isinstance(node, ast.Import):
             names |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

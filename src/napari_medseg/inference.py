@@ -60,6 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "Device",
     "CardMismatchWarning",
+    "card_warnings",
     "Prediction",
     "WindowMoments",
     "predict",
@@ -618,7 +619,10 @@ def _check_input(volume: Volume, models: list[RegistryModel]) -> None:
             )
 
 
-def _card_warnings(volume: Volume, card: ModelCard) -> list[str]:
+def card_warnings(volume: Volume, card: ModelCard) -> list[str]:
+    """The messages :func:`predict` warns with (``CardMismatchWarning``) when ``volume``'s spacing or
+    orientation differs from the card's; an empty list when it matches. Faces show them before a run.
+    """
     messages = []
     if card.spacing is not None and not np.allclose(volume.geometry.spacing, card.spacing, rtol=0.01, atol=1e-6):
         sp = ", ".join(f"{s:g}" for s in volume.geometry.spacing)
@@ -784,7 +788,7 @@ def predict(
 
     messages: list[str] = []
     for m in models:
-        for msg in _card_warnings(volume, m.card):
+        for msg in card_warnings(volume, m.card):
             if msg not in messages:
                 messages.append(msg)
                 warnings.warn(msg, CardMismatchWarning, stacklevel=2)

@@ -72,31 +72,45 @@ References
 
 from __future__ import annotations
 
+import csv
+import io
 import math
+import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import KDTree
 
+from napari_medseg._atomic import write_text_atomic
 from napari_medseg.errors import InvalidInputError
+from napari_medseg.progress import (
+    CancelEvent,
+    ProgressCallback,
+    check_cancelled,
+    report,
+)
 from napari_medseg.volume import Volume, as_label_array, check_same_grid
 
 __all__ = [
     "METRIC_KEYS",
-    "surface_distances",
+    "METRIC_TITLES",
+    "arvd",
     "dice",
+    "evaluate",
+    "hausdorff_distance",
     "iou",
+    "label_metrics",
+    "mean_surface_distance",
+    "metrics_csv",
     "precision",
     "recall",
     "specificity",
-    "arvd",
-    "hausdorff_distance",
-    "mean_surface_distance",
+    "surface_distances",
     "volume_ml",
-    "label_metrics",
-    "evaluate",
+    "write_metrics_csv",
 ]
 
 #: The keys of each label's dict in :func:`label_metrics` and :func:`evaluate`, in display order.
@@ -113,6 +127,22 @@ METRIC_KEYS = (
     "volume_pred_ml",
     "volume_ref_ml",
 )
+
+#: A display title, with its unit, for each key of :data:`METRIC_KEYS` (same order): the row titles
+#: of ``medseg evaluate`` and the column headers of the napari Evaluate table.
+METRIC_TITLES = {
+    "dice": "Dice",
+    "iou": "IoU",
+    "precision": "precision",
+    "recall": "recall (sensitivity)",
+    "specificity": "specificity",
+    "arvd": "aRVD",
+    "hd95_mm": "HD95 (mm)",
+    "hausdorff_mm": "Hausdorff (mm)",
+    "msd_mm": "mean surface distance (mm)",
+    "volume_pred_ml": "volume pred (mL)",
+    "volume_ref_ml": "volume ref (mL)",
+}
 
 # Nearest-surface search: a KD-tree over the surface voxels' coordinates when surfaces are sparse
 # in the crop, the exact Euclidean distance transform of the crop when they are dense. Both are
@@ -664,6 +694,8 @@ def label_metrics(
     *,
     spacing_mm: Sequence[float],
     labels: Iterable[int] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelEvent | None = None,
 ) -> dict[int, dict[str, float | None]]:
     """Every metric for each label of two label maps.
 
@@ -678,6 +710,11 @@ def label_metrics(
         The labels to evaluate, in this order (duplicates dropped). Default ``None``: every non-zero
         label present in either map, ascending. A requested label absent from both maps scores as
         two empty masks (Dice 1, distances 0) and triggers a ``UserWarning``.
+    progress : callable, optional
+        Called as ``progress(done_labels, total_labels)``, first with 0 and after every label.
+    cancel : object with ``is_set()``, optional
+        Checked before every label; when set, :class:`~napari_medseg.errors.CancelledError` is
+        raised.
 
     Returns
     -------
@@ -695,6 +732,8 @@ def label_metrics(
         If the maps differ in shape, are not non-negative integer label maps, ``spacing_mm`` does
         not have one finite value > 0 per axis, or ``labels`` holds something other than
         non-negative integers.
+    CancelledError
+        If ``cancel`` is set.
 
     Examples
     --------
@@ -729,7 +768,9 @@ def label_metrics(
                 stacklevel=2,
             )
     result = {}
-    for label in requested:
+    report(progress, 0, len(requested))
+    for index, label in enumerate(requested):
+        check_cancelled(cancel, f"evaluation (label {label})")
         # everything outside the label's box (grown by one voxel for the erosion) is background
         boxes = [b[label] for b in (pred_boxes, ref_boxes) if label in b]
         if label == 0:
@@ -739,6 +780,7 @@ def label_metrics(
         else:
             box = tuple(slice(0, 0) for _ in pred.shape)
         result[label] = _metrics_in_box(pred[box] == label, ref[box] == label, pred.size, spacing)
+        report(progress, index + 1, len(requested))
     return result
 
 
@@ -748,6 +790,8 @@ def evaluate(
     *,
     labels: Iterable[int] | None = None,
     names: tuple[str, str] = ("pred", "ref"),
+    progress: ProgressCallback | None = None,
+    cancel: CancelEvent | None = None,
 ) -> dict:
     """Evaluate a predicted label volume against a reference on the same grid.
 
@@ -763,6 +807,8 @@ def evaluate(
         :func:`label_metrics`.
     names : tuple of 2 str, default ("pred", "ref")
         How error messages name the two inputs (e.g. their file paths).
+    progress, cancel : optional
+        See :func:`label_metrics` (reported per label; checked before every label).
 
     Returns
     -------
@@ -778,6 +824,8 @@ def evaluate(
         If the two volumes are not on the same grid (the message names both).
     InvalidInputError
         If a volume is not a non-negative integer label map, or ``labels`` is invalid.
+    CancelledError
+        If ``cancel`` is set.
     """
     if not isinstance(pred, Volume) or not isinstance(ref, Volume):
         raise InvalidInputError(
@@ -789,10 +837,89 @@ def evaluate(
     ref_array = as_label_array(ref.array, name=names[1])
     spacing = pred.geometry.spacing_zyx
     if pred.shape[0] == 1:  # a 2D image: in-plane surfaces, volumes with the slice thickness
-        per_label = label_metrics(pred_array[0], ref_array[0], spacing_mm=spacing[1:], labels=labels)
+        per_label = label_metrics(
+            pred_array[0], ref_array[0], spacing_mm=spacing[1:], labels=labels, progress=progress, cancel=cancel
+        )
         for values in per_label.values():
             for key in ("volume_pred_ml", "volume_ref_ml"):
                 values[key] = values[key] * spacing[0]  # type: ignore[operator]  # 1 mm -> z spacing
     else:
-        per_label = label_metrics(pred_array, ref_array, spacing_mm=spacing, labels=labels)
+        per_label = label_metrics(
+            pred_array, ref_array, spacing_mm=spacing, labels=labels, progress=progress, cancel=cancel
+        )
     return {"labels": {str(label): values for label, values in per_label.items()}}
+
+
+# ------------------------------------------------------------------------------------------ tables
+def _check_result(result: Mapping) -> Mapping:
+    labels = result.get("labels") if isinstance(result, Mapping) else None
+    if not isinstance(labels, Mapping):
+        raise InvalidInputError(
+            f"result: expected the dict evaluate() returns, {{\"labels\": {{\"1\": {{...}}}}}}; got {type(result).__name__}"
+        )
+    for label, values in labels.items():
+        missing = [key for key in METRIC_KEYS if not isinstance(values, Mapping) or key not in values]
+        if missing:
+            raise InvalidInputError(f"result: label {label!r} lacks the metric(s) {', '.join(missing)}")
+    return labels
+
+
+def metrics_csv(result: Mapping) -> str:
+    """The CSV text of an :func:`evaluate` result, one row per label.
+
+    Columns: ``label``, then :data:`METRIC_KEYS` in order. Floats are written at full precision
+    (``repr``), and ``None`` (an infinite distance or aRVD) as ``inf``, which ``float()`` reads
+    back. This is what ``medseg evaluate --csv`` and the napari Evaluate widget's Export write.
+
+    Parameters
+    ----------
+    result : dict
+        ``{"labels": {"1": {"dice": ..., ...}, ...}}`` as returned by :func:`evaluate`.
+
+    Returns
+    -------
+    str
+        The CSV text, ``\\n`` line endings, a header row first.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``result`` is not shaped like an :func:`evaluate` result.
+
+    Examples
+    --------
+    >>> row = dict.fromkeys(METRIC_KEYS, 0.5) | {"msd_mm": None}
+    >>> print(metrics_csv({"labels": {"1": row}}).splitlines()[1])
+    1,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,inf,0.5,0.5
+    """
+    labels = _check_result(result)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["label", *METRIC_KEYS])
+    for label, values in labels.items():
+        writer.writerow([label, *("inf" if values[key] is None else repr(values[key]) for key in METRIC_KEYS)])
+    return buffer.getvalue()
+
+
+def write_metrics_csv(result: Mapping, path: str | os.PathLike) -> Path:
+    """Write :func:`metrics_csv` of ``result`` to ``path`` atomically (parent folders created).
+
+    Parameters
+    ----------
+    result : dict
+        An :func:`evaluate` result.
+    path : str or PathLike
+        The CSV file; replaced atomically if it exists, so a reader never sees half a file.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``result`` is not shaped like an :func:`evaluate` result (nothing is written).
+    """
+    text = metrics_csv(result)
+    return write_text_atomic(path, text)

@@ -21,7 +21,9 @@ Y. Gal and Z. Ghahramani, "Dropout as a Bayesian approximation", ICML 2016.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
@@ -39,6 +41,9 @@ __all__ = [
     "entropy",
     "summarize_samples",
     "summarize_moments",
+    "UncertainRegion",
+    "uncertain_regions",
+    "labels_from_probabilities",
 ]
 
 #: probabilities below this count as 0 in ``p log p`` (avoids log(0))
@@ -235,3 +240,260 @@ def summarize_samples(samples: np.ndarray, *, sample_axis: int = 0, label_axis: 
 def torch_entropy(probabilities: torch.Tensor, log_probabilities: torch.Tensor, *, dim: int = 1) -> torch.Tensor:
     """``-sum p log p`` along ``dim`` for torch tensors (``log_probabilities`` from log_softmax)."""
     return -(probabilities * log_probabilities).sum(dim=dim)
+
+
+# --------------------------------------------------------------------------- uncertain regions
+@dataclass(frozen=True)
+class UncertainRegion:
+    """One connected region of high uncertainty (see :func:`uncertain_regions`).
+
+    Attributes
+    ----------
+    region_id : int
+        Rank of the region, 1 for the most uncertain (largest ``total``).
+    centroid_zyx : tuple of 3 float
+        Centroid in voxel indices ``(z, y, x)`` (unweighted mean of the region's voxels).
+    centroid_mm : tuple of 3 float
+        ``centroid_zyx * spacing_mm``: millimetres from the centre of voxel ``(0, 0, 0)`` along the
+        array axes (add the origin and apply the direction for patient coordinates).
+    n_voxels : int
+        Number of voxels in the region.
+    volume_mm3 : float
+        ``n_voxels`` times the voxel volume.
+    mean, max : float
+        Mean and maximum uncertainty over the region (the map's unit, e.g. nats).
+    total : float
+        ``mean * volume_mm3``: the uncertainty integrated over the region (unit x mm^3), the
+        ranking key.
+    """
+
+    region_id: int
+    centroid_zyx: tuple[float, float, float]
+    centroid_mm: tuple[float, float, float]
+    n_voxels: int
+    volume_mm3: float
+    mean: float
+    max: float
+    total: float
+
+
+def _check_spacing(spacing_mm: Sequence[float], ndim: int) -> tuple[float, ...]:
+    try:
+        spacing = tuple(float(s) for s in spacing_mm)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"spacing_mm={spacing_mm!r}: expected {ndim} values > 0 (mm, array order)") from None
+    if len(spacing) != ndim or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise InvalidInputError(f"spacing_mm={spacing_mm!r}: expected {ndim} finite values > 0 (mm, array order)")
+    return spacing
+
+
+def uncertain_regions(
+    uncertainty: np.ndarray,
+    *,
+    spacing_mm: Sequence[float],
+    threshold: float | None = None,
+    n: int = 10,
+    min_size_mm3: float = 0.0,
+) -> list[UncertainRegion]:
+    """The ``n`` most uncertain connected regions of an uncertainty map.
+
+    Voxels with ``uncertainty >= threshold`` are grouped into face-connected components
+    (:func:`scipy.ndimage.label`, 6-connectivity in 3D); components smaller than
+    ``min_size_mm3`` are dropped and the rest are ranked by their integrated uncertainty
+    ``mean * volume_mm3`` (largest first, ties broken by the larger maximum).
+
+    Parameters
+    ----------
+    uncertainty : numpy.ndarray
+        ``(z, y, x)`` map (entropy or mutual information, >= 0). Not modified.
+    spacing_mm : sequence of 3 float, keyword-only
+        Voxel size in mm in array order ``(z, y, x)``.
+    threshold : float, optional, keyword-only
+        Minimum uncertainty of a region's voxels. Default: half the map's maximum. A map whose
+        maximum is 0 (no uncertainty anywhere) has no region.
+    n : int, default 10, keyword-only
+        At most this many regions are returned.
+    min_size_mm3 : float, default 0.0, keyword-only
+        Regions with a smaller volume are ignored.
+
+    Returns
+    -------
+    list of UncertainRegion
+        At most ``n``, most uncertain first.
+
+    Raises
+    ------
+    InvalidInputError
+        If the map is not 3D or holds NaN/Inf, the spacing is not 3 positive values, ``n`` is
+        not a positive integer, or ``threshold`` / ``min_size_mm3`` is negative or not finite.
+
+    Examples
+    --------
+    >>> u = np.zeros((1, 4, 6), np.float32)
+    >>> u[0, 1:3, 1:3] = 0.5
+    >>> u[0, 0, 5] = 1.0
+    >>> [(r.region_id, r.centroid_zyx, r.volume_mm3, r.max) for r in uncertain_regions(u, spacing_mm=(2, 1, 1))]
+    [(1, (0.0, 1.5, 1.5), 8.0, 0.5), (2, (0.0, 0.0, 5.0), 2.0, 1.0)]
+    """
+    from scipy import ndimage
+
+    u = np.asarray(uncertainty)
+    if u.ndim != 3:
+        raise InvalidInputError(f"uncertainty has shape {u.shape}: expected a (z, y, x) map")
+    if not np.issubdtype(u.dtype, np.number) or not np.all(np.isfinite(u)):
+        raise InvalidInputError("uncertainty: expected finite real values (no NaN or Inf)")
+    spacing = _check_spacing(spacing_mm, 3)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise InvalidInputError(f"n={n!r}: expected an integer >= 1")
+    if not (math.isfinite(min_size_mm3) and min_size_mm3 >= 0):
+        raise InvalidInputError(f"min_size_mm3={min_size_mm3!r}: expected a finite value >= 0")
+    peak = float(u.max()) if u.size else 0.0
+    if threshold is None:
+        if peak <= 0:
+            return []
+        threshold = 0.5 * peak
+    elif not (math.isfinite(threshold) and threshold >= 0):
+        raise InvalidInputError(f"threshold={threshold!r}: expected a finite value >= 0")
+    mask = u >= threshold
+    if threshold == 0:  # every voxel would be "uncertain": only strictly positive ones count
+        mask &= u > 0
+    components, count = ndimage.label(mask)
+    if count == 0:
+        return []
+    flat = components.ravel()
+    inside = flat > 0
+    ids = flat[inside]
+    values = u.ravel()[inside].astype(np.float64)
+    n_vox = np.bincount(ids, minlength=count + 1)[1:]
+    sums = np.bincount(ids, weights=values, minlength=count + 1)[1:]
+    maxima = np.full(count + 1, -np.inf)
+    np.maximum.at(maxima, ids, values)
+    maxima = maxima[1:]
+    coords = np.nonzero(components)  # C order, the same order as ``ids``
+    centroids = np.stack([np.bincount(ids, weights=c, minlength=count + 1)[1:] for c in coords], axis=1)
+    centroids /= n_vox[:, None]
+    voxel_mm3 = float(np.prod(spacing))
+    volumes = n_vox * voxel_mm3
+    means = sums / n_vox
+    totals = means * volumes
+    keep = np.nonzero(volumes >= min_size_mm3)[0]
+    order = keep[np.lexsort((-maxima[keep], -totals[keep]))][: int(n)]
+    return [
+        UncertainRegion(
+            region_id=rank,
+            centroid_zyx=tuple(float(c) for c in centroids[i]),
+            centroid_mm=tuple(float(c) * s for c, s in zip(centroids[i], spacing)),
+            n_voxels=int(n_vox[i]),
+            volume_mm3=float(volumes[i]),
+            mean=float(means[i]),
+            max=float(maxima[i]),
+            total=float(totals[i]),
+        )
+        for rank, i in enumerate(order, start=1)
+    ]
+
+
+# ---------------------------------------------------------------------------- re-thresholding
+def _threshold_table(
+    min_probability: float | Mapping[int, float] | None, values: list[int]
+) -> np.ndarray:
+    """Per output channel: the probability the argmax label needs (0 for background)."""
+    table = np.zeros(len(values), np.float32)
+    if min_probability is None:
+        return table
+    if isinstance(min_probability, Mapping):
+        unknown = [k for k in min_probability if int(k) not in values]
+        if unknown:
+            raise InvalidInputError(
+                f"min_probability names label(s) {unknown} that are not among label_values {values}"
+            )
+        items = {int(k): v for k, v in min_probability.items()}
+    else:
+        items = {v: min_probability for v in values}
+    for value, thr in items.items():
+        if isinstance(thr, bool) or not isinstance(thr, (int, float, np.floating, np.integer)) or not (0.0 <= float(thr) <= 1.0):
+            raise InvalidInputError(f"min_probability={thr!r} for label {value}: expected a probability in [0, 1]")
+        table[values.index(value)] = float(thr)
+    table[values.index(0)] = 0.0  # background never falls back to anything
+    return table
+
+
+def labels_from_probabilities(
+    probabilities: np.ndarray,
+    label_values: Sequence[int],
+    *,
+    min_probability: float | Mapping[int, float] | None = None,
+) -> np.ndarray:
+    """Labels from per-label probabilities, optionally requiring a minimum probability.
+
+    Rule: each voxel takes the label of its most probable channel (the argmax, first channel on
+    ties, exactly as :func:`napari_medseg.inference.predict`); if that label is not the
+    background (0) and its probability is below its threshold, the voxel becomes background.
+    With ``min_probability=None`` (or 0) the result equals ``predict``'s labels.
+
+    Parameters
+    ----------
+    probabilities : numpy.ndarray
+        ``(z, y, x, C)`` (any leading shape, labels last) probabilities, channel ``i`` for
+        ``label_values[i]``. Not modified.
+    label_values : sequence of int
+        The ``C`` label values in channel order (a model card's ``label_values``); must include 0
+        (the background).
+    min_probability : float in [0, 1], or mapping of label value to float, optional, keyword-only
+        One threshold for every label, or per label (labels not named keep threshold 0). The
+        background's threshold is ignored.
+
+    Returns
+    -------
+    numpy.ndarray
+        Labels of shape ``probabilities.shape[:-1]`` in the smallest unsigned dtype holding the
+        largest label value.
+
+    Raises
+    ------
+    InvalidInputError
+        If the last axis does not match ``label_values``, the label values are not unique
+        non-negative integers including 0, or a threshold is outside [0, 1] or names an unknown
+        label.
+
+    Examples
+    --------
+    >>> p = np.array([[0.2, 0.5, 0.3], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]], np.float32)
+    >>> labels_from_probabilities(p, [0, 1, 2]).tolist()
+    [1, 1, 2]
+    >>> labels_from_probabilities(p, [0, 1, 2], min_probability=0.6).tolist()
+    [0, 1, 0]
+    >>> labels_from_probabilities(p, [0, 1, 2], min_probability={2: 0.35}).tolist()
+    [1, 1, 2]
+    """
+    from napari_medseg.inference import _label_dtype  # inference imports this module
+
+    p = np.asarray(probabilities)
+    values = [int(v) for v in label_values]
+    if len(values) != len(set(values)) or any(v < 0 for v in values) or 0 not in values:
+        raise InvalidInputError(
+            f"label_values={list(label_values)!r}: expected unique non-negative integers including 0 (background)"
+        )
+    if p.ndim < 1 or p.shape[-1] != len(values):
+        raise InvalidInputError(
+            f"probabilities has shape {p.shape}: expected the last axis to hold the {len(values)} label(s) {values}"
+        )
+    table = _threshold_table(min_probability, values)
+    lut = np.asarray(values).astype(_label_dtype(max(values)))
+    background = lut[values.index(0)]
+    if p.ndim == 1:
+        p = p[None]
+        squeeze = True
+    else:
+        squeeze = False
+    out = np.empty(p.shape[:-1], lut.dtype)
+    step = max(1, (1 << 22) // max(1, p[0].size))
+    for start in range(0, p.shape[0], step):
+        chunk = p[start:start + step]
+        index = np.argmax(chunk, axis=-1)
+        labels = lut[index]
+        if table.any():
+            best = np.take_along_axis(chunk, index[..., None], axis=-1)[..., 0]
+            labels[best < table[index]] = background
+        out[start:start + step] = labels
+    return out[0] if squeeze else out

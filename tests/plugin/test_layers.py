@@ -8,7 +8,6 @@ import time
 import numpy as np
 import pytest
 
-from conftest import oblique_geometry
 
 from napari_medseg.errors import CancelledError, InvalidInputError
 from napari_medseg.plugin._layers import (

@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 import warnings
 
-_ROWS = (
-    # key, row title, format
-    ("dice", "Dice", "{:.4f}"),
-    ("iou", "IoU", "{:.4f}"),
-    ("precision", "precision", "{:.4f}"),
-    ("recall", "recall (sensitivity)", "{:.4f}"),
-    ("specificity", "specificity", "{:.4f}"),
-    ("arvd", "aRVD", "{:.4f}"),
-    ("hd95_mm", "HD95 (mm)", "{:.3f}"),
-    ("hausdorff_mm", "Hausdorff (mm)", "{:.3f}"),
-    ("msd_mm", "mean surface distance (mm)", "{:.3f}"),
-    ("volume_pred_ml", "volume pred (mL)", "{:.4g}"),
-    ("volume_ref_ml", "volume ref (mL)", "{:.4g}"),
-)
+#: key -> cell format of the printed table (titles with units come from metrics.METRIC_TITLES)
+_FORMATS = {
+    "dice": "{:.4f}",
+    "iou": "{:.4f}",
+    "precision": "{:.4f}",
+    "recall": "{:.4f}",
+    "specificity": "{:.4f}",
+    "arvd": "{:.4f}",
+    "hd95_mm": "{:.3f}",
+    "hausdorff_mm": "{:.3f}",
+    "msd_mm": "{:.3f}",
+    "volume_pred_ml": "{:.4g}",
+    "volume_ref_ml": "{:.4g}",
+}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -56,16 +54,11 @@ def _cell(value: float | None, fmt: str) -> str:
 
 
 def metrics_csv(result: dict) -> str:
-    """The CSV text of an :func:`~napari_medseg.metrics.evaluate` result: a ``label`` column, then
-    one column per metric; infinite values are written ``inf``, floats at full precision."""
-    from napari_medseg.metrics import METRIC_KEYS
+    """The CSV text of an evaluate() result (kept here for callers of the CLI module; see
+    :func:`napari_medseg.metrics.metrics_csv`)."""
+    from napari_medseg.metrics import metrics_csv as _metrics_csv
 
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["label", *METRIC_KEYS])
-    for label, values in result["labels"].items():
-        writer.writerow([label, *("inf" if values[key] is None else repr(values[key]) for key in METRIC_KEYS)])
-    return buffer.getvalue()
+    return _metrics_csv(result)
 
 
 def _print_table(result: dict, pred: str, ref: str) -> None:
@@ -82,15 +75,16 @@ def _print_table(result: dict, pred: str, ref: str) -> None:
     table.add_column("metric")
     for label in labels:
         table.add_column(f"label {label}", justify="right")
-    for key, title, fmt in _ROWS:
-        table.add_row(title, *(_cell(values[key], fmt) for values in labels.values()))
+    from napari_medseg.metrics import METRIC_KEYS, METRIC_TITLES
+
+    for key in METRIC_KEYS:
+        table.add_row(METRIC_TITLES[key], *(_cell(values[key], _FORMATS[key]) for values in labels.values()))
     console.print(table)
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    from napari_medseg._atomic import write_text_atomic
     from napari_medseg.cli import parse_labels
-    from napari_medseg.metrics import evaluate
+    from napari_medseg.metrics import evaluate, write_metrics_csv
     from napari_medseg.volume import read_labels
 
     labels = parse_labels(args.labels)
@@ -102,7 +96,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     for warning in caught:
         print(f"medseg evaluate: warning: {warning.message}", file=sys.stderr)
     if args.csv:
-        write_text_atomic(args.csv, metrics_csv(result))
+        write_metrics_csv(result, args.csv)
     if args.json:
         print(json.dumps(result, allow_nan=False))
     else:

@@ -19,7 +19,8 @@ so that a layer derived from another one (labels from an image) carries the same
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,7 +42,9 @@ __all__ = [
     "image_layer_data",
     "labels_layer_data",
     "layer_geometry",
+    "volume_from_attributes",
     "volume_from_layer",
+    "label_style",
 ]
 
 GEOMETRY_KEY = "medseg_geometry"
@@ -218,3 +221,62 @@ def volume_from_layer(layer: napari.layers.Layer, *, labels: bool | None = None)
         raise InvalidInputError(f"layer {layer.name!r}: labels must be integers, got {data.dtype}")
     header = layer.metadata.get(HEADER_KEY, {}) if isinstance(layer.metadata, Mapping) else {}
     return Volume(data, geometry, dict(header))
+
+
+def volume_from_attributes(data: Any, attributes: Mapping[str, Any], *, labels: bool) -> Volume:
+    """The Volume a layer's ``(data, attributes)`` describe (what npe2 hands a writer).
+
+    Same rules as :func:`volume_from_layer`.
+
+    Raises
+    ------
+    InvalidInputError
+        If the data is not a 3D volume, labels are not integers, or the scale is not positive.
+    """
+    array = np.asarray(data)
+    ndim = array.ndim
+    view = SimpleNamespace(
+        data=array,
+        name=str(attributes.get("name", "layer")),
+        rgb=bool(attributes.get("rgb", False)),
+        scale=np.asarray(attributes.get("scale", np.ones(ndim)), float),
+        translate=np.asarray(attributes.get("translate", np.zeros(ndim)), float),
+        rotate=np.asarray(attributes.get("rotate", np.eye(ndim)), float),
+        metadata=dict(attributes.get("metadata") or {}),
+    )
+    return volume_from_layer(view, labels=labels)
+
+
+def label_style(
+    names: Mapping[int, str], colors: Mapping[int, Sequence[float] | None] | None = None
+) -> dict[str, Any]:
+    """Labels-layer keyword arguments that show ``names`` and ``colors`` in napari.
+
+    Parameters
+    ----------
+    names : mapping of int to str
+        Label value -> name; napari's status bar shows the name under the cursor
+        (``features`` with an ``index`` column).
+    colors : mapping of int to RGB(A) in [0, 1], optional
+        Label value -> colour (a ``DirectLabelColormap``; the background 0 stays transparent and
+        unnamed values get napari's default black). Without colours napari's own colours apply.
+
+    Returns
+    -------
+    dict
+        ``features`` (and ``colormap`` when colours are given).
+    """
+    from napari.utils.colormaps import DirectLabelColormap
+
+    values = sorted(int(v) for v in names)
+    kwargs: dict[str, Any] = {"features": {"index": values, "name": [str(names[v]) for v in values]}}
+    if colors:
+        color_dict: dict[int | None, np.ndarray] = {None: np.array([0.0, 0.0, 0.0, 1.0])}
+        for value, colour in colors.items():
+            if colour is None:
+                continue
+            rgba = [float(c) for c in colour][:4]
+            color_dict[int(value)] = np.array(rgba + [1.0] * (4 - len(rgba)))
+        color_dict[0] = np.zeros(4)
+        kwargs["colormap"] = DirectLabelColormap(color_dict=color_dict)
+    return kwargs

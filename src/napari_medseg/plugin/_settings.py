@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from napari_medseg.jobs import default_jobs_root
-from napari_medseg.registry import Registry, env_models_dirs, shipped_models_dirs, user_models_dir
+from napari_medseg.registry import (
+    Registry,
+    env_models_dirs,
+    shipped_models_dirs,
+    user_models_dir,
+)
 
 __all__ = ["PluginConfig", "plugin_config", "registry_from_config", "jobs_root_from_config"]
 
