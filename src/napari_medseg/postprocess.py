@@ -73,7 +73,12 @@ from scipy import ndimage as ndi
 from napari_medseg._atomic import write_text_atomic
 from napari_medseg._options import look_up_option
 from napari_medseg.errors import FileFormatError, InvalidInputError
-from napari_medseg.progress import CancelEvent, ProgressCallback, check_cancelled, report
+from napari_medseg.progress import (
+    CancelEvent,
+    ProgressCallback,
+    check_cancelled,
+    report,
+)
 from napari_medseg.volume import as_label_array
 
 if TYPE_CHECKING:
@@ -95,6 +100,8 @@ __all__ = [
     "chain_from_options",
     "apply_chain",
     "postprocess",
+    "preview_margin_vox",
+    "preview_slice",
 ]
 
 #: Offsets at a distance <= radius * (1 + _REL_TOL) belong to a structuring element, and a component
@@ -1186,3 +1193,120 @@ def postprocess(
         raise InvalidInputError(f"post-processing needs a scalar label volume; got {volume.n_components} components per voxel")
     array = apply_chain(volume.array, chain, spacing_mm=volume.spacing_zyx, progress=progress, cancel=cancel)
     return volume.derive(array, metadata={"medseg_postprocess": chain.to_json()})
+
+
+# ------------------------------------------------------------------------------ slice previews
+def preview_margin_vox(chain: PostprocessChain | Sequence[Mapping[str, Any]] | str, *, spacing_mm: Sequence[float],
+                       axis: int = 0) -> int | None:
+    """How many slices on each side of a slice make the chain exact on it, or None if it is global.
+
+    A step's result at a voxel depends only on voxels within its reach along ``axis``: the
+    structuring element's half-size ``floor(radius_mm / spacing_mm[axis])`` for an erosion or a
+    dilation (their edge rules and the nearest-label rule for contested voxels stay within it),
+    twice that for an opening or a closing (two passes), and 0 for slice-wise hole filling across
+    ``axis``. Errors made at the edges of a slab therefore move inwards by at most the sum of the
+    reaches, so a slab of that many slices (plus one) on each side gives the exact result on its
+    middle slice. Hole filling in 3D (or across another axis), removing small components and
+    keeping the largest ones depend on whole connected components: global, None.
+
+    Parameters
+    ----------
+    chain : PostprocessChain, list of dict or str
+        The chain (see :meth:`PostprocessChain.from_json`).
+    spacing_mm : sequence of 3 float, keyword-only
+        Voxel size in mm in array order (z, y, x).
+    axis : int, keyword-only, default 0
+        The sliced array axis.
+
+    Returns
+    -------
+    int or None
+        The margin in slices (>= 1), or None when a step is global.
+
+    Raises
+    ------
+    InvalidInputError
+        If the chain is invalid, ``spacing_mm`` does not hold 3 values > 0 or ``axis`` is not 0-2.
+
+    Examples
+    --------
+    >>> preview_margin_vox([{"op": "opening", "radius_mm": 5.0}], spacing_mm=(2.0, 1.0, 1.0))
+    5
+    >>> preview_margin_vox([{"op": "keep_largest"}], spacing_mm=(2.0, 1.0, 1.0)) is None
+    True
+    """
+    chain = PostprocessChain.from_json(chain)
+    try:
+        spacing = [float(s) for s in spacing_mm]
+    except (TypeError, ValueError):
+        spacing = []
+    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise InvalidInputError(f"spacing_mm={spacing_mm!r}: expected 3 voxel sizes > 0 in mm, array order (z, y, x)")
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not 0 <= axis <= 2:
+        raise InvalidInputError(f"axis={axis!r}: expected 0, 1 or 2 (an array axis of a (z, y, x) volume)")
+    step_mm = spacing[axis]
+    total = 0
+    for step in chain:
+        op = PostprocessOp(step.op)
+        if op in (PostprocessOp.EROSION, PostprocessOp.DILATION, PostprocessOp.OPENING, PostprocessOp.CLOSING):
+            half = int(math.floor(_inclusive(step.radius_mm) / step_mm))
+            total += half * (2 if op in (PostprocessOp.OPENING, PostprocessOp.CLOSING) else 1)
+        elif op is PostprocessOp.FILL_HOLES and step.slice_wise and step.axis == axis:
+            continue
+        else:
+            return None
+    return total + 1
+
+
+def preview_slice(
+    labels: np.ndarray,
+    chain: PostprocessChain | Sequence[Mapping[str, Any]] | str,
+    *,
+    spacing_mm: Sequence[float],
+    axis: int,
+    index: int,
+    progress: ProgressCallback | None = None,
+    cancel: CancelEvent | None = None,
+) -> np.ndarray:
+    """The chain's result on one slice, computed on the smallest exact slab around it.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray, shape (z, y, x)
+        The label volume. Not modified.
+    chain : PostprocessChain, list of dict or str
+        Every step must be local (:func:`preview_margin_vox` is not None).
+    spacing_mm : sequence of 3 float, keyword-only
+        Voxel size in mm in array order.
+    axis, index : int, keyword-only
+        The slice: ``labels.take(index, axis)``.
+    progress, cancel : optional
+        As :func:`apply_chain`.
+
+    Returns
+    -------
+    numpy.ndarray
+        The 2D slice of ``apply_chain(labels, chain, spacing_mm=spacing_mm)`` at ``index`` along
+        ``axis``, bit for bit, same dtype.
+
+    Raises
+    ------
+    InvalidInputError
+        If the chain has a global step, ``index`` is outside the volume, or the inputs are invalid.
+    CancelledError
+        If ``cancel`` is set.
+    """
+    array = np.asarray(labels)
+    if array.ndim != 3:
+        raise InvalidInputError(f"labels: expected a (z, y, x) volume; got shape {array.shape}")
+    margin = preview_margin_vox(chain, spacing_mm=spacing_mm, axis=axis)
+    if margin is None:
+        raise InvalidInputError("the chain has a global step (fill holes in 3D, remove small, keep largest): "
+                                "compute it on the whole volume")
+    n = array.shape[axis]
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < n:
+        raise InvalidInputError(f"index={index!r}: expected a slice index from 0 to {n - 1} along axis {axis}")
+    lo, hi = max(0, int(index) - margin), min(n, int(index) + margin + 1)
+    slab = np.take(array, np.arange(lo, hi), axis=axis)
+    result = apply_chain(slab, chain, spacing_mm=spacing_mm, progress=progress, cancel=cancel)
+    return np.take(result, int(index) - lo, axis=axis)

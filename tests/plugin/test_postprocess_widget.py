@@ -20,10 +20,14 @@ from napari_medseg.plugin._postprocess import (
     PostprocessWidget,
     label_names,
     parse_label_list,
+)
+from napari_medseg.postprocess import (
+    PostprocessChain,
+    apply_chain,
+    label_volumes_ml,
     preview_margin_vox,
     preview_slice,
 )
-from napari_medseg.postprocess import PostprocessChain, apply_chain, label_volumes_ml
 from napari_medseg.volume import Geometry, Volume
 
 SPACING_ZYX = (2.0, 1.0, 1.0)

@@ -31,7 +31,6 @@ The Qt-free helpers (:func:`label_names`, :func:`parse_label_list`, :func:`previ
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +44,8 @@ from napari_medseg.postprocess import (
     apply_chain,
     label_volumes_ml,
     postprocess,
+    preview_margin_vox,
+    preview_slice,
 )
 from napari_medseg.progress import CancelEvent, ProgressCallback
 
@@ -60,8 +61,6 @@ __all__ = [
     "label_names",
     "parse_label_list",
     "postprocess_with_volumes",
-    "preview_margin_vox",
-    "preview_slice",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -69,8 +68,6 @@ _LOG = logging.getLogger(__name__)
 PREVIEW_KEY = "medseg_preview"
 #: metadata key of an applied layer: the chain as a list of step dicts
 POSTPROCESS_KEY = "medseg_postprocess"
-#: an offset counts as inside a ball of radius r when its distance is <= r * (1 + this), as in the core
-_REL_TOL = 1e-9
 
 
 # ------------------------------------------------------------------------------ Qt-free helpers
@@ -128,122 +125,6 @@ def parse_label_list(text: str | None, *, name: str = "labels") -> list[int] | N
     if not values:
         raise InvalidInputError(f"{name}={text!r}: expected 'all' or comma-separated label values >= 1, e.g. 1,2")
     return values
-
-
-def preview_margin_vox(chain: PostprocessChain | Sequence[Mapping[str, Any]] | str, *, spacing_mm: Sequence[float],
-                       axis: int = 0) -> int | None:
-    """How many slices on each side of a slice make the chain exact on it, or None if it is global.
-
-    A step's result at a voxel depends only on voxels within its reach along ``axis``: the
-    structuring element's half-size ``floor(radius_mm / spacing_mm[axis])`` for an erosion or a
-    dilation (their edge rules and the nearest-label rule for contested voxels stay within it),
-    twice that for an opening or a closing (two passes), and 0 for slice-wise hole filling across
-    ``axis``. Errors made at the edges of a slab therefore move inwards by at most the sum of the
-    reaches, so a slab of that many slices (plus one) on each side gives the exact result on its
-    middle slice. Hole filling in 3D (or across another axis), removing small components and
-    keeping the largest ones depend on whole connected components: global, None.
-
-    Parameters
-    ----------
-    chain : PostprocessChain, list of dict or str
-        The chain (see :meth:`PostprocessChain.from_json`).
-    spacing_mm : sequence of 3 float, keyword-only
-        Voxel size in mm in array order (z, y, x).
-    axis : int, keyword-only, default 0
-        The sliced array axis.
-
-    Returns
-    -------
-    int or None
-        The margin in slices (>= 1), or None when a step is global.
-
-    Raises
-    ------
-    InvalidInputError
-        If the chain is invalid, ``spacing_mm`` does not hold 3 values > 0 or ``axis`` is not 0-2.
-
-    Examples
-    --------
-    >>> preview_margin_vox([{"op": "opening", "radius_mm": 5.0}], spacing_mm=(2.0, 1.0, 1.0))
-    5
-    >>> preview_margin_vox([{"op": "keep_largest"}], spacing_mm=(2.0, 1.0, 1.0)) is None
-    True
-    """
-    chain = PostprocessChain.from_json(chain)
-    try:
-        spacing = [float(s) for s in spacing_mm]
-    except (TypeError, ValueError):
-        spacing = []
-    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise InvalidInputError(f"spacing_mm={spacing_mm!r}: expected 3 voxel sizes > 0 in mm, array order (z, y, x)")
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not 0 <= axis <= 2:
-        raise InvalidInputError(f"axis={axis!r}: expected 0, 1 or 2 (an array axis of a (z, y, x) volume)")
-    step_mm = spacing[axis]
-    total = 0
-    for step in chain:
-        op = PostprocessOp(step.op)
-        if op in (PostprocessOp.EROSION, PostprocessOp.DILATION, PostprocessOp.OPENING, PostprocessOp.CLOSING):
-            half = int(math.floor(step.radius_mm * (1.0 + _REL_TOL) / step_mm))
-            total += half * (2 if op in (PostprocessOp.OPENING, PostprocessOp.CLOSING) else 1)
-        elif op is PostprocessOp.FILL_HOLES and step.slice_wise and step.axis == axis:
-            continue
-        else:
-            return None
-    return total + 1
-
-
-def preview_slice(
-    labels: np.ndarray,
-    chain: PostprocessChain | Sequence[Mapping[str, Any]] | str,
-    *,
-    spacing_mm: Sequence[float],
-    axis: int,
-    index: int,
-    progress: ProgressCallback | None = None,
-    cancel: CancelEvent | None = None,
-) -> np.ndarray:
-    """The chain's result on one slice, computed on the smallest exact slab around it.
-
-    Parameters
-    ----------
-    labels : numpy.ndarray, shape (z, y, x)
-        The label volume. Not modified.
-    chain : PostprocessChain, list of dict or str
-        Every step must be local (:func:`preview_margin_vox` is not None).
-    spacing_mm : sequence of 3 float, keyword-only
-        Voxel size in mm in array order.
-    axis, index : int, keyword-only
-        The slice: ``labels.take(index, axis)``.
-    progress, cancel : optional
-        As :func:`~napari_medseg.postprocess.apply_chain`.
-
-    Returns
-    -------
-    numpy.ndarray
-        The 2D slice of ``apply_chain(labels, chain, spacing_mm=spacing_mm)`` at ``index`` along
-        ``axis``, bit for bit, same dtype.
-
-    Raises
-    ------
-    InvalidInputError
-        If the chain has a global step, ``index`` is outside the volume, or the inputs are invalid.
-    CancelledError
-        If ``cancel`` is set.
-    """
-    array = np.asarray(labels)
-    if array.ndim != 3:
-        raise InvalidInputError(f"labels: expected a (z, y, x) volume; got shape {array.shape}")
-    margin = preview_margin_vox(chain, spacing_mm=spacing_mm, axis=axis)
-    if margin is None:
-        raise InvalidInputError("the chain has a global step (fill holes in 3D, remove small, keep largest): "
-                                "compute it on the whole volume")
-    n = array.shape[axis]
-    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < n:
-        raise InvalidInputError(f"index={index!r}: expected a slice index from 0 to {n - 1} along axis {axis}")
-    lo, hi = max(0, int(index) - margin), min(n, int(index) + margin + 1)
-    slab = np.take(array, np.arange(lo, hi), axis=axis)
-    result = apply_chain(slab, chain, spacing_mm=spacing_mm, progress=progress, cancel=cancel)
-    return np.take(result, int(index) - lo, axis=axis)
 
 
 def postprocess_with_volumes(
