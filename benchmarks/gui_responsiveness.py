@@ -72,10 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from qtpy.QtWidgets import QApplication
 
-    from napari_medseg.inference import predict
     from napari_medseg.plugin._layers import image_layer_data
-    from napari_medseg.plugin._segment import SegmentWidget
-    from napari_medseg.registry import load_model
+    from napari_medseg.plugin._segment import SegmentWidget, run_segmentation
     from napari_medseg.sample_data import mni152_t1
 
     torch.set_num_threads(args.threads)
@@ -86,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     image_layer = viewer.add_image(data, **kwargs)
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Segment")
-    widget.select(image_layer=image_layer, model=args.model, mc_samples=args.mc_samples)
+    widget.model_combo.setCurrentText(args.model)
+    if widget.model_combo.currentText() != args.model:
+        parser.error(f"--model {args.model!r} is not in the registry")
+    widget.channel_combos[0].setCurrentText(image_layer.name)
+    widget.mc_spin.setValue(args.mc_samples)
     for _ in range(20):  # let the window settle
         app.processEvents()
         time.sleep(0.01)
@@ -109,12 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     results["widget"] = {**meter.stop(), "seconds": round(elapsed, 2), "outcome": widget.runner.last_outcome,
                          "layers_added": len(viewer.layers) - layers_before}
 
-    # --- blocking baseline: the same core call on the GUI thread
-    model = load_model(args.model)
+    # --- blocking baseline: the same core call (the widget's worker function) on the GUI thread
     meter.start()
     start = time.perf_counter()
-    prediction = predict(volume, model, mc_samples=args.mc_samples, dropout_rate=None, seed=0)
-    widget.add_prediction_layers(image_layer, model, prediction)
+    result = run_segmentation([image_layer], widget.model, device=widget.device_combo.currentText(),
+                              mc_samples=args.mc_samples, dropout_rate=float(widget.dropout_spin.value()), seed=0)
+    widget._add_result_layers(result)
     elapsed = time.perf_counter() - start
     app.processEvents()
     results["blocking"] = {**meter.stop(), "seconds": round(elapsed, 2)}

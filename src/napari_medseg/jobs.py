@@ -101,6 +101,7 @@ class JobKind(StrEnum):
     FINETUNE = "finetune"
     REFINE = "refine"
     PREDICT = "predict"
+    REGISTER = "register"
     SELFTEST = "selftest"
 
 

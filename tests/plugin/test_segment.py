@@ -182,7 +182,7 @@ def test_clicking_an_uncertain_region_centres_the_view(make_napari_viewer, qtbot
     nearest_voxel = np.floor(np.asarray(region.centroid_zyx) + 0.5)
     expected = image.data_to_world(nearest_voxel)
     assert np.allclose(viewer.dims.point[-3:], expected, atol=1e-6)
-    assert np.allclose(viewer.camera.center[-2:], expected[-2:], atol=1e-6)
+    assert np.allclose(getattr(viewer, "scene", viewer).camera.center[-2:], expected[-2:], atol=1e-6)
 
 
 def test_invalid_2d_layer_notifies_and_adds_nothing(make_napari_viewer, qtbot, tiny_model, notifications):

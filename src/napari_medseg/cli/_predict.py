@@ -61,6 +61,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     fill.add_argument("--fill-holes-2d", action="store_true", help="fill holes slice by slice along z")
     post.add_argument("--min-size-mm3", type=float, metavar="V", help="remove components smaller than V mm^3")
     post.add_argument("--keep-largest", type=int, nargs="?", const=1, metavar="N", help="keep the N largest components per label (default 1)")
+    from napari_medseg.jobs import add_job_dir_argument
+
+    add_job_dir_argument(parser)
     parser.set_defaults(func=run_predict)
 
 
@@ -94,7 +97,26 @@ def _uncertainty_volume(prediction, label_names: list[str]):
 
 
 def run_predict(args: argparse.Namespace, *, cancel=None) -> None:
-    """Handler of ``medseg predict`` (``cancel``: an event, for callers that run it in-process)."""
+    """Handler of ``medseg predict`` (``cancel``: an event, for callers that run it in-process).
+
+    Run as a background job (the hidden ``--job-dir`` that :func:`napari_medseg.jobs.start_job`
+    passes), it reports ``progress`` events from the prediction's progress callback, stops at the
+    job's cancel flag, and reports the written files in ``done``'s ``outputs`` (``labels``,
+    ``sidecar`` and, when asked for, ``probabilities`` and ``uncertainty``, as absolute paths).
+    """
+    from napari_medseg.jobs import reporter_from_args, run_reported
+
+    reporter = reporter_from_args(args)
+    if reporter is None:
+        _predict(args, cancel=cancel, progress=None, show_progress=not args.no_progress)
+        return
+    reporter.what = "patches"
+    with reporter, run_reported(reporter) as job:
+        job.outputs.update(_predict(args, cancel=job.cancel, progress=job.progress, show_progress=False))
+
+
+def _predict(args: argparse.Namespace, *, cancel, progress, show_progress: bool) -> dict:
+    """The work of ``medseg predict``; returns the written files (absolute paths) by role."""
     from napari_medseg.cli import UsageError, parse_labels
     from napari_medseg.inference import CardMismatchWarning, predict
     from napari_medseg.registry import load_model
@@ -142,8 +164,9 @@ def run_predict(args: argparse.Namespace, *, cancel=None) -> None:
     label_values = card.label_values
     label_names = [card.labels[v].name for v in label_values]
 
-    with warnings.catch_warnings(record=True) as caught, _progress_bar(not args.no_progress) as progress:
+    with warnings.catch_warnings(record=True) as caught, _progress_bar(show_progress) as bar:
         warnings.simplefilter("always", CardMismatchWarning)
+        progress = bar or progress
         prediction = predict(
             volumes if len(volumes) > 1 else volumes[0], models, device=args.device, overlap=args.overlap,
             batch_size=args.batch_size, mc_samples=args.mc_samples, dropout_rate=args.dropout, tta_flips=args.tta,
@@ -198,6 +221,12 @@ def run_predict(args: argparse.Namespace, *, cancel=None) -> None:
     write_text_atomic(Path(str(output) + ".json"), json.dumps(provenance, indent=2, sort_keys=True) + "\n")
     counts = _label_counts(labels.array, label_values, names)
     print(f"wrote {output} ({' x '.join(map(str, labels.shape))}, {labels.array.dtype}; {counts})")
+    written = {"labels": output, "sidecar": Path(str(output) + ".json")}
+    if args.probabilities:
+        written["probabilities"] = Path(args.probabilities)
+    if args.uncertainty:
+        written["uncertainty"] = Path(args.uncertainty)
+    return {role: str(path.resolve()) for role, path in written.items()}
 
 
 def _label_counts(array, values, names) -> str:

@@ -42,6 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     tol.add_argument("--tolerance-da", type=float, help="imzML: m/z window half-width in Da")
     reg.add_argument("--tic", action="store_true", help="imzML: normalise ion images by total ion current")
     reg.add_argument("--json", action="store_true", help="print one JSON object with the evaluation")
+    from napari_medseg.jobs import add_job_dir_argument
+
+    add_job_dir_argument(reg)  # 'medseg register' can run as a background job (kind "register")
     reg.set_defaults(func=run_register)
 
     sub = reg.add_subparsers(dest="register_command", metavar="apply")
@@ -87,11 +90,32 @@ def _read_image(path: str, args, option: str):
 
 
 def run_register(args: argparse.Namespace) -> None:
+    """Handler of ``medseg register``.
+
+    Run as a background job (hidden ``--job-dir``), it reports ``progress`` events from the
+    registration's progress callback (iterations), stops at the job's cancel flag (checked every
+    iteration), and reports the written files
+    (``warped``, and ``field`` / ``warped_mask`` when asked for, absolute paths) and the evaluation
+    (``report``) in ``done``'s ``outputs``.
+    """
     from napari_medseg.cli import UsageError
+    from napari_medseg.jobs import reporter_from_args, run_reported
 
     missing = [o for o, v in (("--fixed", args.fixed), ("--moving", args.moving), ("--out", args.out)) if not v]
     if missing:
         raise UsageError(f"medseg register needs {', '.join(missing)} (or use 'medseg register apply')")
+    reporter = reporter_from_args(args)
+    if reporter is None:
+        _register(args, progress=None, cancel=None)
+        return
+    reporter.what = "iterations"
+    with reporter, run_reported(reporter) as job:
+        job.outputs.update(_register(args, progress=job.progress, cancel=job.cancel))
+
+
+def _register(args: argparse.Namespace, *, progress, cancel) -> dict:
+    """The work of ``medseg register``; returns the written files by role and the report."""
+    from pathlib import Path
 
     from napari_medseg.registration.evaluate import evaluate_registration
     from napari_medseg.registration.volumes import register_volumes
@@ -115,6 +139,8 @@ def run_register(args: argparse.Namespace) -> None:
         mu=args.mu,
         lambda_=args.lambda_,
         scale_invariant=args.scale_invariant,
+        progress=progress,
+        cancel=cancel,
     )
     result = out.result
     write_volume(out.warped, args.out)
@@ -157,6 +183,10 @@ def run_register(args: argparse.Namespace) -> None:
         )
         if result.diverged:
             print("warning: the registration diverged; the best field was kept", file=sys.stderr)
+    written = {"warped": args.out, "field": args.field, "warped_mask": args.warped_mask}
+    outputs: dict = {role: str(Path(path).resolve()) for role, path in written.items() if path}
+    outputs["report"] = report
+    return outputs
 
 
 def run_apply(args: argparse.Namespace) -> None:

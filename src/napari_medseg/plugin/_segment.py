@@ -497,7 +497,8 @@ class SegmentWidget(QWidget):
         ndim = self.viewer.dims.ndim
         axes = list(range(ndim - 3, ndim))
         self.viewer.dims.set_point(axes, world)
-        self.viewer.camera.center = world
+        # napari >= 0.9 keeps the camera on viewer.scene (viewer.camera is deprecated there)
+        getattr(self.viewer, "scene", self.viewer).camera.center = world
 
     def _on_region_clicked(self, item: QListWidgetItem) -> None:
         try:

@@ -1,0 +1,9 @@
+# ruff: noqa: N999 - Slicer's naming convention for a scripted module's library package
+"""MedSegLib: the MedSeg module's logic over MRML, without the Slicer application.
+
+``nodes`` converts between MRML nodes and napari-medseg Volumes (exact geometry), ``logic`` runs
+``medseg`` background jobs from nodes and loads their results, ``dependencies`` decides what the
+first-use install puts into Slicer's Python. Importing this package imports neither Qt nor torch.
+"""
+
+__all__ = ["dependencies", "logic", "nodes"]
