@@ -8,7 +8,8 @@ import torch
 from scipy import stats
 
 from napari_medseg.errors import InvalidInputError
-from napari_medseg.training import Mixup, get_loss, mixup
+from napari_medseg.training import Mixup, get_loss
+from napari_medseg.training.mixup import mixup
 from napari_medseg.training.losses import target_to_probabilities
 
 

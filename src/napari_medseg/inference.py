@@ -50,7 +50,13 @@ from napari_medseg.errors import InvalidInputError
 from napari_medseg.networks import optimize_for_inference, split_network
 from napari_medseg.networks._fast import channels_last_format
 from napari_medseg.networks.unet import check_dropout_rate
-from napari_medseg.progress import CancelEvent, ProgressCallback, check_cancelled, report
+from napari_medseg.progress import (
+    CancelEvent,
+    ProgressCallback,
+    check_cancelled,
+    report,
+)
+from napari_medseg.registry import card_warnings
 from napari_medseg.uncertainty import check_mc_samples, mc_dropout, summarize_moments
 from napari_medseg.volume import Geometry, Volume, check_same_grid, reorient, resample
 
@@ -617,25 +623,6 @@ def _check_input(volume: Volume, models: list[RegistryModel]) -> None:
                 f"model {m.card.name!r} is a 3D model but the input is a single slice (shape {volume.shape}); "
                 "use a 2D model, or a volume with several slices"
             )
-
-
-def card_warnings(volume: Volume, card: ModelCard) -> list[str]:
-    """The messages :func:`predict` warns with (``CardMismatchWarning``) when ``volume``'s spacing or
-    orientation differs from the card's; an empty list when it matches. Faces show them before a run.
-    """
-    messages = []
-    if card.spacing is not None and not np.allclose(volume.geometry.spacing, card.spacing, rtol=0.01, atol=1e-6):
-        sp = ", ".join(f"{s:g}" for s in volume.geometry.spacing)
-        cs = ", ".join(f"{s:g}" for s in card.spacing)
-        messages.append(
-            f"the input's spacing ({sp}) mm differs from model {card.name!r}'s ({cs}) mm; resampling to it and back"
-        )
-    if card.orientation is not None and volume.geometry.orientation != card.orientation.upper():
-        messages.append(
-            f"the input's orientation {volume.geometry.orientation} differs from model {card.name!r}'s "
-            f"{card.orientation.upper()}; reorienting to it and back (no interpolation)"
-        )
-    return messages
 
 
 def _resample_sitk(volume: Volume, geometry: Geometry, shape: tuple[int, int, int]) -> np.ndarray:

@@ -52,7 +52,14 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from napari_medseg._atomic import atomic_directory
 from napari_medseg._options import close_matches_message
@@ -61,7 +68,10 @@ from napari_medseg.errors import FileFormatError, IntegrityError, InvalidInputEr
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from napari_medseg.volume import Volume
+
 __all__ = [
+    "card_warnings",
     "CARD_FILENAMES",
     "WEIGHTS_SUFFIXES",
     "MODELS_ENV",
@@ -462,6 +472,44 @@ class ModelCard(_Spec):
 
 
 # ------------------------------------------------------------------------------------ card reading
+def card_warnings(volume: Volume, card: ModelCard) -> list[str]:
+    """Why ``volume`` does not match ``card``: what :func:`~napari_medseg.inference.predict` warns
+    with (``CardMismatchWarning``) and what every face shows before a run. Torch-free, so the Slicer
+    module's interface process can call it.
+
+    Parameters
+    ----------
+    volume : Volume
+        The input (its first channel, for multi-channel models).
+    card : ModelCard
+        The model's card.
+
+    Returns
+    -------
+    list of str
+        One message per difference: spacing (1 % tolerance), orientation, a 3D model on a single
+        slice; empty when the input matches.
+    """
+    import numpy as np
+
+    messages = []
+    geometry = volume.geometry
+    if card.spacing is not None and not np.allclose(geometry.spacing, card.spacing, rtol=0.01, atol=1e-6):
+        sp = ", ".join(f"{s:g}" for s in geometry.spacing)
+        cs = ", ".join(f"{s:g}" for s in card.spacing)
+        messages.append(
+            f"the input's spacing ({sp}) mm differs from model {card.name!r}'s ({cs}) mm; resampling to it and back"
+        )
+    if card.orientation is not None and geometry.orientation != card.orientation.upper():
+        messages.append(
+            f"the input's orientation {geometry.orientation} differs from model {card.name!r}'s "
+            f"{card.orientation.upper()}; reorienting to it and back (no interpolation)"
+        )
+    if card.spatial_dims == 3 and 1 in volume.shape:
+        messages.append(f"model {card.name!r} is 3D but the input is a single slice (shape {volume.shape})")
+    return messages
+
+
 def _validation_message(exc: ValidationError, source: str) -> str:
     parts = []
     for err in exc.errors():

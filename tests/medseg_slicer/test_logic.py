@@ -211,5 +211,5 @@ def test_slice_of_keeps_the_slice_in_place_and_card_mismatches(tiny_model, logic
     np.testing.assert_allclose(one.geometry.index_to_physical() @ [3, 5, 0, 1], volume.geometry.index_to_physical() @ [3, 5, 4, 1])
     card = logic.card("tiny-seg")
     off = Volume(volume.array, Geometry((1.0, 1.0, 1.0)))
-    assert card_mismatches(off, card) == ["spacing (1, 1, 1) mm differs from the model's (1, 1, 2) mm: the input is resampled to it and back"]
+    assert card_mismatches(off, card) == ["the input's spacing (1, 1, 1) mm differs from model 'tiny-seg''s (1, 1, 2) mm; resampling to it and back"]
     assert "single slice" in card_mismatches(one, card)[-1]

@@ -118,32 +118,11 @@ class Task:
 
 
 def card_mismatches(volume: Volume, card) -> list[str]:
-    """Why an input does not match a model card (shown before predicting; the child warns too).
+    """Why an input does not match a model card (shown before predicting; the child warns too):
+    :func:`napari_medseg.registry.card_warnings`, which imports no torch."""
+    from napari_medseg.registry import card_warnings
 
-    Parameters
-    ----------
-    volume : Volume
-        The input (first channel).
-    card : napari_medseg.registry.ModelCard
-
-    Returns
-    -------
-    list of str
-        Spacing (1% tolerance) and orientation differences, and a 3D model on a single slice.
-    """
-    messages = []
-    if card.spacing is not None and not np.allclose(volume.geometry.spacing, card.spacing, rtol=0.01, atol=1e-6):
-        sp = ", ".join(f"{s:g}" for s in volume.geometry.spacing)
-        cs = ", ".join(f"{s:g}" for s in card.spacing)
-        messages.append(f"spacing ({sp}) mm differs from the model's ({cs}) mm: the input is resampled to it and back")
-    if card.orientation is not None and volume.geometry.orientation != card.orientation.upper():
-        messages.append(
-            f"orientation {volume.geometry.orientation} differs from the model's {card.orientation.upper()}: "
-            "the input is reoriented (no interpolation)"
-        )
-    if card.spatial_dims == 3 and 1 in volume.shape:
-        messages.append(f"the model is 3D but the input is a single slice (shape {volume.shape})")
-    return messages
+    return card_warnings(volume, card)
 
 
 def slice_of(volume: Volume, k: int) -> Volume:

@@ -44,7 +44,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medseg.errors import InvalidInputError, MedsegError
-from napari_medseg.inference import Device, Prediction, card_warnings, predict
+from napari_medseg.inference import Device, Prediction, predict
 from napari_medseg.plugin._layers import (
     PROVENANCE_KEY,
     display_transform,
@@ -54,6 +54,7 @@ from napari_medseg.plugin._layers import (
 )
 from napari_medseg.plugin._settings import plugin_config, registry_from_config
 from napari_medseg.plugin._worker import TaskRunner, notify_error, plugin_events, warn
+from napari_medseg.registry import card_warnings
 from napari_medseg.uncertainty import (
     UncertainRegion,
     labels_from_probabilities,
