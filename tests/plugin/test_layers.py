@@ -143,3 +143,41 @@ def test_task_runner_error_reaches_the_user(qtbot):
     assert runner.last_outcome == "failed"
     assert isinstance(runner.last_error, InvalidInputError)
     assert "expected a 3D volume" in status.text()
+
+
+def test_task_runner_generator_steps_yield_to_the_event_loop(qtbot):
+    from qtpy.QtCore import QTimer
+
+    runner, button, bar, status = _runner(qtbot)
+    order = []
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(len(order)))
+    timer.start(0)
+
+    def add_layers(result):
+        for i in range(3):
+            order.append((result, i, threading.current_thread()))
+            yield
+
+    runner.start(_slow_sum, 3, on_returned=add_layers)
+    with qtbot.waitSignal(runner.finished, timeout=10000):
+        pass
+    timer.stop()
+    assert order == [(3, i, threading.main_thread()) for i in range(3)]
+    assert runner.last_outcome == "done" and button.isEnabled() and button.text() == "Run"
+    # the event loop ran between steps: the timer saw 1 and 2 steps done before the last one
+    assert {1, 2} <= set(ticks)
+
+
+def test_task_runner_generator_step_error_reaches_the_user(qtbot):
+    runner, button, bar, status = _runner(qtbot)
+
+    def add_layers(result):
+        yield
+        raise InvalidInputError("layer 'out': cannot be added")
+
+    runner.start(_slow_sum, 2, on_returned=add_layers)
+    with qtbot.waitSignal(runner.finished, timeout=10000):
+        pass
+    assert runner.last_outcome == "failed" and "cannot be added" in status.text()

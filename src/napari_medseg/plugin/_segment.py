@@ -20,7 +20,7 @@ without running the model, and updates the same Labels layer.
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -424,8 +424,8 @@ class SegmentWidget(QWidget):
             seed=int(self.seed_spin.value()),
         )
 
-    def _add_result_layers(self, result: SegmentResult) -> None:
-        """Create the output layers (main thread)."""
+    def _add_result_layers(self, result: SegmentResult) -> Iterator[None]:
+        """Create the output layers (main thread), one per step of the event loop (see TaskRunner)."""
         from napari.layers import Labels
 
         prediction = result.prediction
@@ -445,6 +445,7 @@ class SegmentWidget(QWidget):
                                 name=f"{base} p({label_names[value]})", colormap="magma",
                                 contrast_limits=(0.0, 1.0), visible=value != 0,
                                 metadata={"medseg_label_value": value})
+                yield
         if self.uncertainty_check.isChecked():
             for key in ("entropy", "mutual_information"):
                 if key in prediction.uncertainty:
@@ -453,6 +454,7 @@ class SegmentWidget(QWidget):
                     self._add_image(array, geometry, provenance, header, name=f"{base} {key.replace('_', ' ')}",
                                     colormap="inferno", contrast_limits=(0.0, top), blending="additive",
                                     metadata={"medseg_uncertainty": key})
+                    yield
         kwargs = layer_kwargs(geometry, name=base, provenance=provenance, header=header,
                               **label_style(label_names, colours))
         labels_layer = self.viewer.add_layer(Labels(prediction.labels.array, **kwargs))

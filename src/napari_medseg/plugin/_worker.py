@@ -18,12 +18,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton
 
 from napari_medseg.errors import CancelledError, MedsegError
@@ -116,7 +116,10 @@ class TaskRunner(QObject):
     ):
         """Run ``function(*args, progress=..., cancel=..., **kwargs)`` in a worker thread.
 
-        Returns the napari worker (already started). ``on_returned(result)`` runs on the main thread.
+        Returns the napari worker (already started). ``on_returned(result)`` runs on the main thread;
+        if it is a generator function, each step runs in its own turn of the event loop (create one
+        layer per step: napari needs 0.1-0.3 s to set up each big layer's visual, and the GUI stays
+        responsive between them) and ``finished`` fires after the last step.
         Raises RuntimeError if a task is already running (the widget's button prevents that).
         """
         if self.running:
@@ -149,12 +152,14 @@ class TaskRunner(QObject):
                 self._finish("cancelled")
                 return
             try:
-                if on_returned is not None:
-                    on_returned(result)
+                steps = on_returned(result) if on_returned is not None else None
             except Exception as exc:  # noqa: BLE001 - shown to the user, not swallowed
-                self.last_error = exc
-                notify_error(exc, what=self.what)
-                self._finish("failed", f"failed: {exc}")
+                self._fail(exc)
+                return
+            if isinstance(steps, Iterator):
+                self.run_button.setEnabled(False)  # the result is being shown; nothing left to cancel
+                self._set_status(f"{self.what}: adding layers ...")
+                QTimer.singleShot(0, lambda: self._step(steps))
                 return
             self._finish("done")
 
@@ -162,14 +167,29 @@ class TaskRunner(QObject):
             if isinstance(exc, CancelledError):
                 self._finish("cancelled")
                 return
-            self.last_error = exc
-            notify_error(exc, what=self.what)
-            self._finish("failed", f"failed: {exc}")
+            self._fail(exc)
 
         worker.returned.connect(returned)
         worker.errored.connect(errored)
         worker.start()
         return worker
+
+    def _fail(self, exc: BaseException) -> None:
+        self.last_error = exc
+        notify_error(exc, what=self.what)
+        self._finish("failed", f"failed: {exc}")
+
+    def _step(self, steps: Iterator[Any]) -> None:
+        """One step of a generator ``on_returned``, then yield to the event loop for the next."""
+        try:
+            next(steps)
+        except StopIteration:
+            self._finish("done")
+            return
+        except Exception as exc:  # noqa: BLE001 - shown to the user, not swallowed
+            self._fail(exc)
+            return
+        QTimer.singleShot(0, lambda: self._step(steps))
 
     def cancel(self) -> None:
         """Ask the running task to stop at its next check (no-op when idle)."""
