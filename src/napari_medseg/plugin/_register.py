@@ -16,6 +16,7 @@ nearest neighbour for Labels). An imzML helper adds an ion image
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -354,7 +355,8 @@ class RegisterWidget(QWidget):
         """An input error found before starting: reported exactly like a task error."""
         self.runner.start(_raise, exc, pass_progress=False, pass_cancel=False)
 
-    def _add_outputs(self, output: RegistrationOutput) -> None:
+    def _add_outputs(self, output: RegistrationOutput) -> Iterator[None]:
+        """Add the output layers, one per event-loop turn (TaskRunner runs the steps)."""
         registration = output.registration
         fixed_name, moving_name = self._last_names or ("fixed", "moving")
         geometry = registration.warped.geometry
@@ -373,10 +375,12 @@ class RegisterWidget(QWidget):
             registration.warped.array,
             **layer_kwargs(geometry, name=f"{moving_name} registered", provenance=provenance, metadata=meta),
         )
+        yield
         self.viewer.add_labels(
             registration.warped_mask.array,
             **layer_kwargs(geometry, name=f"{moving_name} registered mask", provenance=provenance, metadata=meta),
         )
+        yield
         self.viewer.add_image(
             output.magnitude.array,
             **layer_kwargs(
