@@ -45,3 +45,15 @@ def test_importing_the_cli_does_not_load_torch():
     code = "import sys, napari_medseg.cli as c; c.build_parser(); print('torch' in sys.modules, 'monai' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_modules_the_slicer_interface_uses_do_not_load_torch():
+    """Slicer's interface process imports these; torch must load only in the job child processes."""
+    modules = ["registry", "volume", "metrics", "postprocess", "jobs", "training.data", "training.config", "sample_data"]
+    code = (
+        "import sys, importlib\n"
+        f"for m in {modules!r}: importlib.import_module('napari_medseg.' + m)\n"
+        "print('torch' in sys.modules, 'monai' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
