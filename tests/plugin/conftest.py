@@ -12,7 +12,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 from conftest import ellipsoid_mask
 
 from napari_medseg.volume import Geometry, Volume
@@ -89,3 +88,18 @@ def small_volume() -> Volume:
 def ras_volume() -> Volume:
     """The same data in RAS orientation (direction diag(-1, -1, 1)): napari shows it with flips."""
     return Volume(_small_array(), Geometry((1.0, 1.0, 2.0), (12.5, -30.0, 7.25), (-1, 0, 0, 0, -1, 0, 0, 0, 1)))
+
+
+@pytest.fixture
+def notifications():
+    """Every napari notification shown during the test, as ``(message, severity)`` pairs."""
+    from napari.utils.notifications import notification_manager
+
+    seen: list[tuple[str, str]] = []
+
+    def record(event):
+        seen.append((str(getattr(event, "message", event)), str(getattr(event, "severity", ""))))
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)

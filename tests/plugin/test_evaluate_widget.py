@@ -11,6 +11,8 @@ from napari_medseg.plugin._evaluate import COLUMNS, EvaluateWidget
 from napari_medseg.plugin._layers import PROVENANCE_KEY, labels_layer_data
 from napari_medseg.volume import Geometry, Volume, write_volume
 
+from ._helpers import click_and_wait
+
 GEOMETRY = Geometry((1.0, 1.0, 2.0), (-12.5, 30.0, 7.25))  # a voxel is 2 mm^3
 SHAPE = (10, 24, 28)
 
@@ -24,20 +26,6 @@ def _pair():
     pred[3:7, 3:9, 4:10] = 1
     pred[ellipsoid_mask(SHAPE, (5.0, 15.0, 20.0), (6.0, 5.0, 5.0), (2.0, 1.0, 1.0))] = 2
     return Volume(pred, GEOMETRY), Volume(ref, GEOMETRY)
-
-
-@pytest.fixture
-def notifications():
-    from napari.utils.notifications import notification_manager
-
-    seen: list[str] = []
-
-    def record(event):
-        seen.append(str(getattr(event, "message", event)))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
 
 
 def _viewer(make_napari_viewer, pred: Volume, ref: Volume):
@@ -54,8 +42,7 @@ def _viewer(make_napari_viewer, pred: Volume, ref: Volume):
 
 
 def _run(qtbot, widget):
-    with qtbot.waitSignal(widget.runner.finished, timeout=20000):
-        widget.run_button.click()
+    return click_and_wait(qtbot, widget.run_button, widget.runner, timeout_ms=20000)
 
 
 def test_table_equals_evaluate(make_napari_viewer, qtbot):
@@ -83,7 +70,7 @@ def test_label_subset_and_missing_label_warning(make_napari_viewer, qtbot, notif
     _run(qtbot, widget)
     assert list(widget.table_values()) == ["2", "7"]
     assert widget.table_values()["2"] == evaluate(pred, ref, labels=[2])["labels"]["2"]
-    assert any("labels [7] appear in neither" in m for m in notifications), notifications
+    assert any("labels [7] appear in neither" in m for m, _ in notifications), notifications
 
 
 def test_csv_export_identical_to_cli(make_napari_viewer, qtbot, run_cli, tmp_path):
@@ -113,10 +100,10 @@ def test_invalid_geometry_mismatch(make_napari_viewer, qtbot, notifications):
     viewer, widget = _viewer(make_napari_viewer, pred, shifted)
     _run(qtbot, widget)
     assert widget.runner.last_outcome == "failed"
-    assert any("Evaluation failed" in m and "not on the same grid" in m and "origin" in m for m in notifications)
+    assert any("Evaluation failed" in m and "not on the same grid" in m and "origin" in m for m, _ in notifications)
     assert widget.result is None and widget.table.rowCount() == 0
     assert widget.export_csv("unused.csv") is None
-    assert any("run the evaluation first" in m for m in notifications)
+    assert any("run the evaluation first" in m for m, _ in notifications)
 
 
 def test_invalid_same_layer_and_labels(make_napari_viewer, qtbot, notifications):
@@ -124,9 +111,9 @@ def test_invalid_same_layer_and_labels(make_napari_viewer, qtbot, notifications)
     viewer, widget = _viewer(make_napari_viewer, pred, ref)
     widget.ref_combo.set_layer(viewer.layers["pred"])
     widget.run_button.click()
-    assert any("same layer 'pred'" in m for m in notifications)
+    assert any("same layer 'pred'" in m for m, _ in notifications)
     widget.ref_combo.set_layer(viewer.layers["ref"])
     widget.labels_edit.setText("one")
     widget.run_button.click()
-    assert any("labels='one'" in m for m in notifications)
+    assert any("labels='one'" in m for m, _ in notifications)
     assert not widget.runner.running and widget.result is None

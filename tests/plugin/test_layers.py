@@ -8,7 +8,6 @@ import time
 import numpy as np
 import pytest
 
-
 from napari_medseg.errors import CancelledError, InvalidInputError
 from napari_medseg.plugin._layers import (
     GEOMETRY_KEY,
@@ -20,15 +19,12 @@ from napari_medseg.plugin._layers import (
 )
 from napari_medseg.volume import Geometry, Volume
 
-
-def _add(viewer, layer_data):
-    data, kwargs, kind = layer_data
-    return getattr(viewer, f"add_{kind}")(data, **kwargs)
+from ._helpers import add_layer
 
 
 def test_identity_geometry_is_physical_space(make_napari_viewer, small_volume):
     viewer = make_napari_viewer()
-    layer = _add(viewer, image_layer_data(small_volume, name="t1"))
+    layer = add_layer(viewer, image_layer_data(small_volume, name="t1"))
     assert tuple(layer.scale) == (2.0, 1.0, 1.0)
     assert tuple(layer.translate) == (7.25, 30.0, -12.5)
     assert tuple(layer.units) != () and str(layer.units[0]) in ("mm", "millimeter")
@@ -42,7 +38,7 @@ def test_identity_geometry_is_physical_space(make_napari_viewer, small_volume):
 
 def test_flipped_geometry_world_coordinates_are_lps(make_napari_viewer, ras_volume):
     viewer = make_napari_viewer()
-    layer = _add(viewer, image_layer_data(ras_volume, name="ras"))
+    layer = add_layer(viewer, image_layer_data(ras_volume, name="ras"))
     index_xyz = np.array([5, 4, 3, 1.0])
     expected_xyz = ras_volume.geometry.index_to_physical() @ index_xyz
     assert np.allclose(layer.data_to_world((3, 4, 5)), expected_xyz[:3][::-1])
@@ -52,19 +48,19 @@ def test_flipped_geometry_world_coordinates_are_lps(make_napari_viewer, ras_volu
 
 def test_oblique_geometry_kept_in_metadata_with_notice(make_napari_viewer, oblique_volume):
     viewer = make_napari_viewer()
-    layer = _add(viewer, image_layer_data(oblique_volume, name="obl"))
+    layer = add_layer(viewer, image_layer_data(oblique_volume, name="obl"))
     notice = geometry_notice(oblique_volume.geometry, "obl")
     assert notice is not None and "oblique" in notice and "'obl'" in notice
     assert GEOMETRY_KEY in layer.metadata
     assert volume_from_layer(layer).geometry.isclose(oblique_volume.geometry, atol=1e-12)
     labels = Volume((oblique_volume.array > 100).astype(np.uint8), oblique_volume.geometry)
-    lab_layer = _add(viewer, labels_layer_data(labels, name="mask"))
+    lab_layer = add_layer(viewer, labels_layer_data(labels, name="mask"))
     assert volume_from_layer(lab_layer).geometry.isclose(oblique_volume.geometry, atol=1e-12)
 
 
 def test_moved_layer_uses_what_the_user_sees(make_napari_viewer, small_volume):
     viewer = make_napari_viewer()
-    layer = _add(viewer, image_layer_data(small_volume, name="t1"))
+    layer = add_layer(viewer, image_layer_data(small_volume, name="t1"))
     layer.translate = (0.0, 0.0, 0.0)
     assert layer_geometry(layer) == Geometry((1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
 
@@ -78,7 +74,7 @@ def test_invalid_layer_not_3d(make_napari_viewer):
 
 def test_invalid_float_labels(make_napari_viewer, small_volume):
     viewer = make_napari_viewer()
-    layer = _add(viewer, image_layer_data(small_volume, name="t1"))
+    layer = add_layer(viewer, image_layer_data(small_volume, name="t1"))
     with pytest.raises(InvalidInputError, match="'t1'.*integers"):
         volume_from_layer(layer, labels=True)
 

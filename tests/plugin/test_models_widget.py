@@ -18,21 +18,8 @@ from napari_medseg.plugin._models import (
 from napari_medseg.plugin._worker import plugin_events
 from napari_medseg.registry import Registry
 
+from ._helpers import click_and_wait
 from .conftest import write_tiny_model
-
-
-@pytest.fixture
-def notifications():
-    from napari.utils.notifications import notification_manager
-
-    seen: list[str] = []
-
-    def record(event):
-        seen.append(str(getattr(event, "message", event)))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
 
 
 @pytest.fixture
@@ -56,9 +43,7 @@ def _ours(widget, column: str) -> dict[str, str]:
 
 
 def _verify_all(qtbot, widget):
-    with qtbot.waitSignal(widget.runner.finished, timeout=20000):
-        widget.verify_button.click()
-    assert widget.runner.last_outcome == "done"
+    assert click_and_wait(qtbot, widget.verify_button, widget.runner, timeout_ms=20000) == "done"
 
 
 def test_lists_models_with_their_card(make_napari_viewer, two_models):
@@ -105,7 +90,7 @@ def test_verify_ok_then_tampered_weights(make_napari_viewer, qtbot, two_models, 
     verified = _ours(widget, "verified")
     assert verified["user-seg"] == OK
     assert verified["tiny-seg"].startswith(f"{weights}: sha256 mismatch: expected {tiny.sha256}")
-    assert any("'tiny-seg' failed verification" in m and "sha256 mismatch" in m for m in notifications)
+    assert any("'tiny-seg' failed verification" in m and "sha256 mismatch" in m for m, _ in notifications)
 
 
 def test_import_folder_then_remove(make_napari_viewer, qtbot, two_models, tmp_path, medseg_env):
@@ -154,7 +139,7 @@ def test_invalid_remove_env_model(make_napari_viewer, two_models, notifications)
     widget.select("tiny-seg")
     assert widget.remove_selected(confirm=False) is False
     assert any("Removing the model failed" in m and "only models in the user folder can be removed" in m
-               for m in notifications), notifications
+               for m, _ in notifications), notifications
     assert "tiny-seg" in _ours(widget, "name") and two_models[0].folder.exists()
 
 
@@ -164,7 +149,7 @@ def test_invalid_import_existing_name(make_napari_viewer, qtbot, two_models, not
     with qtbot.waitSignal(widget.import_runner.finished, timeout=20000):
         widget.import_folder(tiny.folder)
     assert widget.import_runner.last_outcome == "failed"
-    assert any("Import failed" in m and "already exists" in m for m in notifications), notifications
+    assert any("Import failed" in m and "already exists" in m for m, _ in notifications), notifications
     assert sorted(_ours(widget, "name")) == ["tiny-seg", "user-seg"]
     assert widget.bundle_button.isEnabled()
 
@@ -175,8 +160,8 @@ def test_invalid_import_not_a_model(make_napari_viewer, qtbot, medseg_env, tmp_p
     empty.mkdir()
     with qtbot.waitSignal(widget.import_runner.finished, timeout=20000):
         widget.import_folder(empty)
-    assert any("holds no card" in m for m in notifications), notifications
+    assert any("holds no card" in m for m, _ in notifications), notifications
     with qtbot.waitSignal(widget.import_runner.finished, timeout=20000):
         widget.import_bundle(empty)
-    assert any("Bundle import failed" in m and "not a MONAI bundle" in m for m in notifications), notifications
+    assert any("Bundle import failed" in m and "not a MONAI bundle" in m for m, _ in notifications), notifications
     assert _ours(widget, "name") == {}

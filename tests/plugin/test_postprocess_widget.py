@@ -46,20 +46,6 @@ def _labels() -> np.ndarray:
     return labels
 
 
-@pytest.fixture
-def notifications():
-    from napari.utils.notifications import notification_manager
-
-    seen: list[str] = []
-
-    def record(event):
-        seen.append(str(getattr(event, "message", event)))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
-
-
 def _viewer_with(make_napari_viewer, qtbot, geometry: Geometry, labels: np.ndarray | None = None, **extra):
     viewer = make_napari_viewer()
     data, kwargs, _ = labels_layer_data(Volume(_labels() if labels is None else labels, geometry), name="seg", **extra)
@@ -193,17 +179,31 @@ def test_close_removes_the_preview(make_napari_viewer, qtbot, small_volume):
     assert preview not in viewer.layers and source in viewer.layers
 
 
+def test_removing_the_dock_removes_the_preview_and_stops_following(make_napari_viewer, qtbot, small_volume):
+    # napari's remove_dock_widget (the dock's close button) unparents the widget without closing it
+    viewer, source, widget = _viewer_with(make_napari_viewer, qtbot, small_volume.geometry)
+    viewer.window.add_dock_widget(widget, name="Post-process")
+    _add(qtbot, widget, "erosion", 1.0)
+    preview = widget.preview_layer
+    assert preview in viewer.layers
+    viewer.window.remove_dock_widget(widget)
+    assert preview not in viewer.layers and source in viewer.layers
+    viewer.dims.set_current_step(0, 3)  # a slice change no longer makes a preview
+    qtbot.wait(200)
+    assert not any(layer.name.endswith("[preview]") for layer in viewer.layers)
+
+
 def test_invalid_negative_radius(make_napari_viewer, qtbot, small_volume, tmp_path, notifications):
     viewer, source, widget = _viewer_with(make_napari_viewer, qtbot, small_volume.geometry)
     path = tmp_path / "bad.json"
     path.write_text(json.dumps([{"op": "opening", "radius_mm": -1.0}]))
     assert widget.load_chain(path) is False
-    assert any("radius_mm=-1.0" in m and str(path) in m for m in notifications), notifications
+    assert any("radius_mm=-1.0" in m and str(path) in m for m, _ in notifications), notifications
     assert widget.add_step("closing", -2.0) is False
-    assert any("Adding the step failed" in m and "radius_mm=-2.0" in m for m in notifications), notifications
+    assert any("Adding the step failed" in m and "radius_mm=-2.0" in m for m, _ in notifications), notifications
     assert len(widget.chain()) == 0 and widget.preview_layer is None
     widget.apply()  # nothing to apply: an error, no layer
-    assert any("no steps" in m for m in notifications)
+    assert any("no steps" in m for m, _ in notifications)
     assert [layer.name for layer in viewer.layers] == ["seg"]
 
 
@@ -211,7 +211,7 @@ def test_invalid_labels_text(make_napari_viewer, qtbot, small_volume, notificati
     viewer, source, widget = _viewer_with(make_napari_viewer, qtbot, small_volume.geometry)
     widget.labels_edit.setText("1,x")
     widget.add_button.click()
-    assert any("labels='1,x'" in m for m in notifications) and len(widget.chain()) == 0
+    assert any("labels='1,x'" in m for m, _ in notifications) and len(widget.chain()) == 0
 
 
 # ------------------------------------------------------------------------------ Qt-free helpers

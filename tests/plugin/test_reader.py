@@ -16,21 +16,6 @@ from napari_medseg.plugin._reader import layer_name, napari_get_reader
 from napari_medseg.volume import Geometry, Volume, write_volume
 
 
-@pytest.fixture
-def notifications():
-    """Every napari notification shown during the test (message, severity)."""
-    from napari.utils.notifications import notification_manager
-
-    seen = []
-
-    def record(event):
-        seen.append((str(event.message), str(event.severity)))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
-
-
 def _volume(geometry=None, dtype=np.float32, shape=(4, 5, 6)) -> Volume:
     array = np.arange(np.prod(shape)).reshape(shape).astype(dtype)
     return Volume(array, geometry or Geometry((0.8, 1.1, 2.5), (-3.5, 12.0, 40.25)), {"patient_note": "abc 1"})

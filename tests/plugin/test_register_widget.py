@@ -17,13 +17,10 @@ from napari_medseg.registration.synthetic import synthetic_pair
 from napari_medseg.registration.volumes import apply_field, register_volumes
 from napari_medseg.volume import Geometry, Volume
 
+from ._helpers import add_layer, click_and_wait
+
 GEOMETRY = Geometry((0.5, 0.5, 1.0), (10.0, -5.0, 2.0))
 PARAMS = {"levels": 2, "max_iterations": 60}
-
-
-def _add(viewer, layer_data):
-    data, kwargs, kind = layer_data
-    return getattr(viewer, f"add_{kind}")(data, **kwargs)
 
 
 @pytest.fixture
@@ -44,7 +41,7 @@ def widget(make_napari_viewer, qtbot, pair_volumes):
     viewer = make_napari_viewer()
     for name, volume in pair_volumes.items():
         maker = labels_layer_data if "mask" in name else image_layer_data
-        _add(viewer, maker(volume, name=name))
+        add_layer(viewer, maker(volume, name=name))
     w = RegisterWidget(viewer)
     qtbot.addWidget(w)
     w.fixed_combo.setCurrentText("fixed")
@@ -56,14 +53,9 @@ def widget(make_napari_viewer, qtbot, pair_volumes):
     return w
 
 
-def _click_and_wait(qtbot, button, runner, timeout=30000):
-    with qtbot.waitSignal(runner.finished, timeout=timeout):
-        button.click()
-
-
 def test_register_synthetic_pair(widget, qtbot, pair_volumes):
     viewer = widget.viewer
-    _click_and_wait(qtbot, widget.run_button, widget.runner)
+    click_and_wait(qtbot, widget.run_button, widget.runner)
     assert widget.runner.last_outcome == "done", widget.runner.last_error
     warped = viewer.layers["moving registered"]
     mask = viewer.layers["moving registered mask"]
@@ -97,7 +89,7 @@ def test_register_synthetic_pair(widget, qtbot, pair_volumes):
 
     # apply the stored field to the moving mask: nearest-neighbour labels on the fixed grid
     widget.apply_combo.setCurrentText("moving mask")
-    _click_and_wait(qtbot, widget.apply_button, widget.apply_runner)
+    click_and_wait(qtbot, widget.apply_button, widget.apply_runner)
     applied = viewer.layers["moving mask warped"]
     assert type(applied).__name__ == "Labels"
     assert np.array_equal(applied.data, apply_field(pair_volumes["moving mask"], direct.field, nearest=True).array)
@@ -122,7 +114,7 @@ def test_cancel_mid_run_adds_no_layer(widget, qtbot):
 def test_invalid_negative_tau(widget, qtbot):
     widget.tau_spin.setValue(-1.0)
     before = len(widget.viewer.layers)
-    _click_and_wait(qtbot, widget.run_button, widget.runner)
+    click_and_wait(qtbot, widget.run_button, widget.runner)
     assert widget.runner.last_outcome == "failed"
     assert isinstance(widget.runner.last_error, InvalidInputError)
     assert "tau=-1.0: expected a finite value > 0" in str(widget.runner.last_error)
@@ -132,15 +124,15 @@ def test_invalid_negative_tau(widget, qtbot):
 
 def test_invalid_grid_mismatch_offers_resample(widget, qtbot, pair_volumes):
     shifted = Volume(pair_volumes["moving"].array, Geometry((0.5, 0.5, 1.0), (11.0, -5.0, 2.0)))
-    _add(widget.viewer, image_layer_data(shifted, name="shifted"))
+    add_layer(widget.viewer, image_layer_data(shifted, name="shifted"))
     widget.moving_combo.setCurrentText("shifted")
     widget.moving_mask_combo.setCurrentText(widget.moving_mask_combo.itemText(0))  # auto mask
     widget.iterations_spin.setValue(5)
-    _click_and_wait(qtbot, widget.run_button, widget.runner)
+    click_and_wait(qtbot, widget.run_button, widget.runner)
     assert isinstance(widget.runner.last_error, GeometryMismatchError)
     assert "Resample moving onto the fixed grid" in str(widget.runner.last_error)
     widget.resample_check.setChecked(True)
-    _click_and_wait(qtbot, widget.run_button, widget.runner)
+    click_and_wait(qtbot, widget.run_button, widget.runner)
     assert widget.runner.last_outcome == "done"
     assert widget.viewer.layers["shifted registered"].data.shape == (1, 48, 48)
 
@@ -148,7 +140,7 @@ def test_invalid_grid_mismatch_offers_resample(widget, qtbot, pair_volumes):
 def test_invalid_apply_without_field(widget, qtbot):
     widget.apply_combo.setCurrentText("moving mask")
     before = len(widget.viewer.layers)
-    _click_and_wait(qtbot, widget.apply_button, widget.apply_runner)
+    click_and_wait(qtbot, widget.apply_button, widget.apply_runner)
     assert "run a registration first" in str(widget.apply_runner.last_error)
     assert len(widget.viewer.layers) == before
 
@@ -166,14 +158,14 @@ def test_ion_image_helper(widget, qtbot, tmp_path):
     widget.imzml_edit.setText(str(path))
     widget.mz_spin.setValue(100.0)
     widget.tolerance_spin.setValue(10.0)
-    _click_and_wait(qtbot, widget.ion_button, widget.ion_runner)
+    click_and_wait(qtbot, widget.ion_button, widget.ion_runner)
     assert widget.ion_runner.last_outcome == "done", widget.ion_runner.last_error
     layer = widget.viewer.layers["tiny.imzML m/z 100"]
     assert np.array_equal(layer.data[0], np.arange(1, 4)[:, None] * np.ones((1, 4)))
     assert "moving" in [widget.moving_combo.itemText(i) for i in range(widget.moving_combo.count())]
     assert "tiny.imzML m/z 100" in [widget.fixed_combo.itemText(i) for i in range(widget.fixed_combo.count())]
     widget.mz_spin.setValue(900.0)  # outside the spectra's range: the core's message
-    _click_and_wait(qtbot, widget.ion_button, widget.ion_runner)
+    click_and_wait(qtbot, widget.ion_button, widget.ion_runner)
     assert "outside the spectra's m/z range" in str(widget.ion_runner.last_error)
 
 
@@ -190,7 +182,7 @@ def test_2d_layers_register_as_single_slices(make_napari_viewer, qtbot):
     widget.moving_combo.setCurrentText("m2d")
     widget.levels_spin.setValue(1)
     widget.iterations_spin.setValue(5)
-    _click_and_wait(qtbot, widget.run_button, widget.runner)
+    click_and_wait(qtbot, widget.run_button, widget.runner)
     assert widget.runner.last_outcome == "done", widget.runner.last_error
     out = viewer.layers["m2d registered"]
     assert out.data.shape == (1, 40, 40)

@@ -10,21 +10,16 @@ from napari_medseg.errors import InvalidInputError
 from napari_medseg.plugin._layers import (
     GEOMETRY_KEY,
     PROVENANCE_KEY,
-    image_layer_data,
     volume_from_layer,
 )
 from napari_medseg.plugin._segment import SegmentWidget
 from napari_medseg.uncertainty import labels_from_probabilities
 from napari_medseg.volume import Geometry, Volume
 
+from ._helpers import add_volume, click_and_wait
 from .conftest import _small_array, write_tiny_model
 
 _TIMEOUT_MS = 60_000
-
-
-def _add_image(viewer, volume, name="t1"):
-    data, kwargs, _ = image_layer_data(volume, name=name)
-    return viewer.add_image(data, **kwargs)
 
 
 def _widget(viewer, qtbot, model="tiny-seg") -> SegmentWidget:
@@ -36,32 +31,15 @@ def _widget(viewer, qtbot, model="tiny-seg") -> SegmentWidget:
     return widget
 
 
-def _run(widget, qtbot, runner=None):
-    runner = runner or widget.runner
-    with qtbot.waitSignal(runner.finished, timeout=_TIMEOUT_MS):
-        qtbot.mouseClick(widget.run_button, Qt.MouseButton.LeftButton)
-    return runner.last_outcome
-
-
-@pytest.fixture
-def notifications():
-    from napari.utils.notifications import notification_manager
-
-    seen = []
-
-    def record(event):
-        seen.append((str(event.message), str(event.severity)))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
+def _run(widget, qtbot):
+    return click_and_wait(qtbot, widget.run_button, widget.runner, timeout_ms=_TIMEOUT_MS)
 
 
 @pytest.mark.parametrize("volume_fixture", ["small_volume", "ras_volume"])
 def test_segment_with_mc_samples(make_napari_viewer, qtbot, tiny_model, volume_fixture, request):
     volume = request.getfixturevalue(volume_fixture)
     viewer = make_napari_viewer()
-    image = _add_image(viewer, volume)
+    image = add_volume(viewer, volume, "t1")
     widget = _widget(viewer, qtbot)
     assert widget.model_combo.currentText() == "tiny-seg"
     assert widget.channel_combos[0].currentText() == "t1"
@@ -118,7 +96,7 @@ def test_card_summary_and_registry_refresh(make_napari_viewer, qtbot, tiny_model
 
 def test_mismatch_warning_shows(make_napari_viewer, qtbot, tiny_model, notifications):
     viewer = make_napari_viewer()
-    _add_image(viewer, Volume(_small_array(), Geometry((1.0, 1.0, 1.0))), name="iso")
+    add_volume(viewer, Volume(_small_array(), Geometry((1.0, 1.0, 1.0))), "iso")
     widget = _widget(viewer, qtbot)
     assert "spacing (1, 1, 1) mm differs from model 'tiny-seg'" in widget.mismatch_label.text()
     assert _run(widget, qtbot) == "done"
@@ -130,7 +108,7 @@ def test_mismatch_warning_shows(make_napari_viewer, qtbot, tiny_model, notificat
 def test_cancel_mid_run_leaves_viewer_unchanged(make_napari_viewer, qtbot, tiny_model):
     viewer = make_napari_viewer()
     rng = np.random.default_rng(0)
-    _add_image(viewer, Volume(rng.normal(size=(48, 96, 96)).astype(np.float32), Geometry((1.0, 1.0, 2.0))))
+    add_volume(viewer, Volume(rng.normal(size=(48, 96, 96)).astype(np.float32), Geometry((1.0, 1.0, 2.0))), "t1")
     widget = _widget(viewer, qtbot)
     widget.mc_spin.setValue(5)
     before = [layer.name for layer in viewer.layers]
@@ -146,7 +124,7 @@ def test_cancel_mid_run_leaves_viewer_unchanged(make_napari_viewer, qtbot, tiny_
 
 def test_rethreshold_updates_the_same_layer(make_napari_viewer, qtbot, tiny_model, small_volume):
     viewer = make_napari_viewer()
-    _add_image(viewer, small_volume)
+    add_volume(viewer, small_volume, "t1")
     widget = _widget(viewer, qtbot)
     widget.probabilities_check.setChecked(True)
     assert _run(widget, qtbot) == "done"
@@ -168,7 +146,7 @@ def test_rethreshold_updates_the_same_layer(make_napari_viewer, qtbot, tiny_mode
 
 def test_clicking_an_uncertain_region_centres_the_view(make_napari_viewer, qtbot, tiny_model, ras_volume):
     viewer = make_napari_viewer()
-    image = _add_image(viewer, ras_volume)
+    image = add_volume(viewer, ras_volume, "t1")
     widget = _widget(viewer, qtbot)
     widget.mc_spin.setValue(3)
     widget.show()
@@ -204,7 +182,7 @@ def test_invalid_no_model_and_no_result(make_napari_viewer, qtbot, small_volume,
     empty.mkdir()
     monkeypatch.setattr(_segment, "registry_from_config", lambda: Registry([empty], user_dir=empty))
     viewer = make_napari_viewer()
-    _add_image(viewer, small_volume)
+    add_volume(viewer, small_volume, "t1")
     widget = _widget(viewer, qtbot, model=None)
     assert widget.model is None and "No model" in widget.card_label.text()
     assert _run(widget, qtbot) == "failed"

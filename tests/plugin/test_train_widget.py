@@ -13,20 +13,17 @@ from napari_medseg.plugin._settings import registry_from_config
 from napari_medseg.plugin._worker import plugin_events
 from napari_medseg.volume import Volume
 
+from ._helpers import add_layer, click_and_wait
+
 JOB_TIMEOUT_MS = 150_000
-
-
-def _add(viewer, layer_data):
-    data, kwargs, kind = layer_data
-    return getattr(viewer, f"add_{kind}")(data, **kwargs)
 
 
 @pytest.fixture
 def viewer_with_case(make_napari_viewer, small_volume):
     viewer = make_napari_viewer()
-    _add(viewer, image_layer_data(small_volume, name="t1"))
+    add_layer(viewer, image_layer_data(small_volume, name="t1"))
     mask = ellipsoid_mask(small_volume.shape, (4.5, 11.5, 13.5), (6.0, 8.0, 9.0), small_volume.spacing_zyx)
-    _add(viewer, labels_layer_data(Volume(mask.astype(np.uint8), small_volume.geometry), name="tissue"))
+    add_layer(viewer, labels_layer_data(Volume(mask.astype(np.uint8), small_volume.geometry), name="tissue"))
     return viewer
 
 
@@ -53,9 +50,8 @@ def _setup(widget, *, name, epochs, iterations):
 
 
 def _launch(qtbot, widget):
-    with qtbot.waitSignal(widget.launch_runner.finished, timeout=30000):
-        widget.launch_button.click()
-    assert widget.launch_runner.last_outcome == "done", widget.launch_runner.last_error
+    outcome = click_and_wait(qtbot, widget.launch_button, widget.launch_runner)
+    assert outcome == "done", widget.launch_runner.last_error
     return widget.last_launched
 
 
@@ -139,7 +135,7 @@ def test_cancel_running_job_and_resume_it(qtbot, viewer_with_case, tiny_model):
 
 def test_invalid_no_label_layer(qtbot, make_napari_viewer, small_volume, tiny_model, medseg_env):
     viewer = make_napari_viewer()
-    _add(viewer, image_layer_data(small_volume, name="t1"))
+    add_layer(viewer, image_layer_data(small_volume, name="t1"))
     widget = _widget(qtbot, viewer)
     _setup(widget, name="x", epochs=1, iterations=1)
     with qtbot.waitSignal(widget.launch_runner.finished, timeout=10000):

@@ -8,8 +8,7 @@ import SimpleITK as sitk
 from conftest import oblique_geometry
 
 from napari_medseg.errors import InvalidInputError
-from napari_medseg.plugin._layers import labels_layer_data, layer_kwargs
-from napari_medseg.plugin._layers import label_style
+from napari_medseg.plugin._layers import label_style, labels_layer_data, layer_kwargs
 from napari_medseg.plugin._writer import write_image, write_labels
 from napari_medseg.volume import (
     Geometry,

@@ -117,7 +117,7 @@ def _register(args: argparse.Namespace, *, progress, cancel) -> dict:
     """The work of ``medseg register``; returns the written files by role and the report."""
     from pathlib import Path
 
-    from napari_medseg.registration.evaluate import evaluate_registration
+    from napari_medseg.registration.evaluate import registration_report
     from napari_medseg.registration.volumes import register_volumes
     from napari_medseg.volume import read_labels, write_volume
 
@@ -148,30 +148,9 @@ def _register(args: argparse.Namespace, *, progress, cancel) -> dict:
         write_volume(out.field, args.field)
     if args.warped_mask:
         write_volume(out.warped_mask, args.warped_mask)
-    spacing = fixed.spacing_zyx[1:] if fixed.shape[0] == 1 else fixed.spacing_zyx
-    scores = evaluate_registration(
-        out.fixed_mask,
-        result.warped_mask,
-        original=out.moving_on_fixed,
-        registered=result.warped,
-        displacement=result.displacement,
-        spacing=spacing,
-    )
-    report = {
-        "precision": scores["precision"],
-        "recall": scores["recall"],
-        "f_measure": scores["f_measure"],
-        "mutual_information_nats": scores["mutual_information_nats"],
-        "mutual_information_bits": scores["mutual_information_bits"],
-        "udt_ssd": scores["udt_ssd"],
-        "iterations": result.iterations,
-        "seconds": round(result.seconds, 4),
-        "diverged": result.diverged,
-        "jacobian_min": scores["jacobian_min"],
-        "folding_percent": scores["folding_percent"],
-        "metric": str(result.parameters["metric"]),
-        "regularizer": str(result.parameters["regularizer"]),
-    }
+    # one code path with the napari widget; --json keeps its documented keys (no "_before" values)
+    full = registration_report(out, moving_mask=moving_mask)
+    report = {key: value for key, value in full.items() if not key.endswith("_before")}
     if args.json:
         print(json.dumps(report))
     else:

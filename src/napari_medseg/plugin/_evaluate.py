@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
@@ -26,7 +26,6 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -38,10 +37,12 @@ from napari_medseg.metrics import (
     evaluate,
     write_metrics_csv,
 )
-from napari_medseg.plugin._postprocess import (
-    LabelsLayerCombo,
-    label_names,
-    parse_label_list,
+from napari_medseg.plugin._postprocess import label_names, parse_label_list
+from napari_medseg.plugin._widgets import (
+    LayerCombo,
+    cell_value,
+    close_when_undocked,
+    set_cell,
 )
 from napari_medseg.progress import CancelEvent, ProgressCallback
 
@@ -98,16 +99,15 @@ class EvaluateWidget(QWidget):
         from napari_medseg.plugin._worker import TaskRunner
 
         super().__init__()
+        close_when_undocked(self)
         self.viewer = napari_viewer
         self.result: dict | None = None
         self._result_names: tuple[str, str] | None = None
 
         layout = QVBoxLayout(self)
         form = QFormLayout()
-        self.pred_combo = LabelsLayerCombo(napari_viewer, self)
-        self.ref_combo = LabelsLayerCombo(napari_viewer, self)
-        if self.ref_combo.count() > 1:
-            self.ref_combo.setCurrentIndex(1)
+        self.pred_combo = LayerCombo(napari_viewer, "labels", parent=self)
+        self.ref_combo = LayerCombo(napari_viewer, "labels", default_index=1, parent=self)
         self.labels_edit = QLineEdit()
         self.labels_edit.setPlaceholderText("all (or e.g. 1,2)")
         form.addRow("Prediction", self.pred_combo)
@@ -186,12 +186,8 @@ class EvaluateWidget(QWidget):
                 has_inf |= value is None
                 cells.append(("inf" if value is None else _FORMATS[key].format(value), value))
             for column, (text, value) in enumerate(cells):
-                item = QTableWidgetItem(text)
-                if value is not None:
-                    item.setData(Qt.ItemDataRole.UserRole, value)  # the exact value
-                    item.setToolTip(repr(value))
-                item.setTextAlignment(int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
-                self.table.setItem(row, column, item)
+                set_cell(self.table, row, column, text, value=value, tooltip="" if value is None else repr(value),
+                         align_right=True)
         self.table.resizeColumnsToContents()
         caption = f"{pred_layer.name} vs {ref_layer.name}"
         if not rows:
@@ -206,10 +202,8 @@ class EvaluateWidget(QWidget):
         """The table as ``{label: {metric key: exact value or None (inf)}}``."""
         out = {}
         for row in range(self.table.rowCount()):
-            label = str(self.table.item(row, 0).data(Qt.ItemDataRole.UserRole))
-            out[label] = {
-                key: self.table.item(row, 2 + i).data(Qt.ItemDataRole.UserRole) for i, key in enumerate(METRIC_KEYS)
-            }
+            label = str(cell_value(self.table, row, 0))
+            out[label] = {key: cell_value(self.table, row, 2 + i) for i, key in enumerate(METRIC_KEYS)}
         return out
 
     def export_csv(self, path: str | Path | None = None) -> Path | None:

@@ -31,12 +31,12 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
 from napari_medseg.errors import FileFormatError, IntegrityError, InvalidInputError
+from napari_medseg.plugin._widgets import close_when_undocked, set_cell
 from napari_medseg.progress import (
     CancelEvent,
     ProgressCallback,
@@ -125,6 +125,7 @@ class ModelsWidget(QWidget):
         from napari_medseg.plugin._worker import TaskRunner, plugin_events
 
         super().__init__()
+        close_when_undocked(self)
         self.viewer = napari_viewer
         self.models: list[RegistryModel] = []
         self.problems: list[tuple[Path, str]] = []
@@ -206,12 +207,8 @@ class ModelsWidget(QWidget):
                 self.verified.get(model.name, ""),
             )
             for column, text in enumerate(cells):
-                item = QTableWidgetItem(text)
-                if column == 5:
-                    item.setToolTip(model.sha256)
-                if column in (6, 7):
-                    item.setToolTip(text)
-                self.table.setItem(row, column, item)
+                tooltip = model.sha256 if column == 5 else text if column in (6, 7) else ""
+                set_cell(self.table, row, column, text, tooltip=tooltip)
         self.problem_list.clear()
         for path, why in self.problems:
             self.problem_list.addItem(f"{path}: {why}")

@@ -25,7 +25,8 @@ added (repeatedly, newest first). The per-label volume table (mL, with the layer
 shows the source and the result of the last Apply.
 
 The Qt-free helpers (:func:`label_names`, :func:`parse_label_list`, :func:`preview_margin_vox`,
-:func:`preview_slice`) are plain functions so they can be tested without a viewer.
+:func:`preview_slice`) are plain functions so they can be tested without a viewer. The layer
+picker and the table cells are the shared ones of :mod:`napari_medseg.plugin._widgets`.
 """
 
 from __future__ import annotations
@@ -36,8 +37,34 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from qtpy.QtCore import QTimer, Signal
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_medseg.errors import InvalidInputError
+from napari_medseg.plugin._widgets import (
+    PREVIEW_KEY,
+    LayerCombo,
+    cell_value,
+    close_when_undocked,
+    set_cell,
+)
 from napari_medseg.postprocess import (
     PostprocessChain,
     PostprocessOp,
@@ -64,8 +91,6 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger(__name__)
-#: metadata flag of the preview layer (pickers skip layers that carry it)
-PREVIEW_KEY = "medseg_preview"
 #: metadata key of an applied layer: the chain as a list of step dicts
 POSTPROCESS_KEY = "medseg_postprocess"
 
@@ -167,93 +192,11 @@ _PARAMETERS = {  # name -> (label, minimum, maximum, decimals, default)
 }
 
 
-def _is_preview(layer: Any) -> bool:
-    metadata = getattr(layer, "metadata", None)
-    return isinstance(metadata, Mapping) and bool(metadata.get(PREVIEW_KEY))
-
-
-try:  # the widget needs Qt and napari; the helpers above do not
-    from qtpy.QtCore import QTimer, Signal
-    from qtpy.QtWidgets import (
-        QAbstractItemView,
-        QCheckBox,
-        QComboBox,
-        QDoubleSpinBox,
-        QFileDialog,
-        QFormLayout,
-        QGroupBox,
-        QHBoxLayout,
-        QLabel,
-        QLineEdit,
-        QListWidget,
-        QProgressBar,
-        QPushButton,
-        QTableWidget,
-        QTableWidgetItem,
-        QVBoxLayout,
-        QWidget,
-    )
-except ImportError:  # pragma: no cover - Qt missing: only the helpers are usable
-    QWidget = object  # type: ignore[assignment,misc]
-
-
-class LabelsLayerCombo(QComboBox):
-    """A picker of the viewer's Labels layers (MedSeg preview layers excluded), kept up to date."""
+class LabelsLayerCombo(LayerCombo):
+    """Kept for existing callers: ``LayerCombo(viewer, "labels", parent=parent)``."""
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self._viewer = viewer
-        self._connected: list[Any] = []
-        viewer.layers.events.inserted.connect(self.refresh)
-        viewer.layers.events.removed.connect(self.refresh)
-        viewer.layers.events.moved.connect(self.refresh)
-        self.refresh()
-
-    def _candidates(self) -> list[Any]:
-        from napari.layers import Labels
-
-        return [layer for layer in self._viewer.layers if isinstance(layer, Labels) and not _is_preview(layer)]
-
-    def refresh(self, *_: Any) -> None:
-        """Rebuild the list, keeping the selected layer if it is still there."""
-        current = self.layer()
-        layers = self._candidates()
-        for layer in layers:
-            if layer not in self._connected:
-                layer.events.name.connect(self.refresh)
-                self._connected.append(layer)
-        self._connected = [layer for layer in self._connected if layer in layers]
-        self.blockSignals(True)
-        self.clear()
-        for layer in layers:
-            self.addItem(layer.name, layer)
-        index = layers.index(current) if current in layers else (0 if layers else -1)
-        self.setCurrentIndex(index)
-        self.blockSignals(False)
-        if current is not self.layer():
-            self.currentIndexChanged.emit(self.currentIndex())
-
-    def layer(self) -> Any:
-        """The selected layer, or None."""
-        index = self.currentIndex()
-        return self.itemData(index) if index >= 0 else None
-
-    def set_layer(self, layer: Any) -> None:
-        """Select ``layer`` (must be one of the viewer's Labels layers)."""
-        for i in range(self.count()):
-            if self.itemData(i) is layer:
-                self.setCurrentIndex(i)
-                return
-        raise InvalidInputError(f"layer {getattr(layer, 'name', layer)!r} is not a Labels layer of the viewer")
-
-    def disconnect_viewer(self) -> None:
-        """Stop following the viewer (before the widget goes away)."""
-        for emitter in (self._viewer.layers.events.inserted, self._viewer.layers.events.removed,
-                        self._viewer.layers.events.moved):
-            emitter.disconnect(self.refresh)
-        for layer in self._connected:
-            layer.events.name.disconnect(self.refresh)
-        self._connected = []
+        super().__init__(viewer, "labels", parent=parent)
 
 
 class PostprocessWidget(QWidget):
@@ -276,6 +219,7 @@ class PostprocessWidget(QWidget):
         from napari_medseg.plugin._worker import TaskRunner
 
         super().__init__()
+        close_when_undocked(self)
         self.viewer = napari_viewer
         self._steps: list[dict[str, Any]] = []
         self._applied: list[Any] = []
@@ -292,7 +236,7 @@ class PostprocessWidget(QWidget):
 
         layout = QVBoxLayout(self)
         form = QFormLayout()
-        self.layer_combo = LabelsLayerCombo(napari_viewer, self)
+        self.layer_combo = LayerCombo(napari_viewer, "labels", parent=self)
         form.addRow("Labels", self.layer_combo)
         self.names_label = QLabel("")
         self.names_label.setWordWrap(True)
@@ -786,18 +730,14 @@ class PostprocessWidget(QWidget):
                      "" if after is None else f"{after.get(value, 0.0):.4g}"]
             numbers = [value, None, before.get(value, 0.0), None if after is None else after.get(value, 0.0)]
             for column, (text, number) in enumerate(zip(cells, numbers)):
-                item = QTableWidgetItem(text)
-                if number is not None:
-                    item.setData(0x0100, number)  # Qt.UserRole: the exact value
-                self.volume_table.setItem(row, column, item)
+                set_cell(self.volume_table, row, column, text, value=number)
 
     def volumes(self) -> dict[int, tuple[float, float | None]]:
         """The volume table as ``{label: (before_ml, after_ml or None)}`` (exact values)."""
         out = {}
         for row in range(self.volume_table.rowCount()):
-            value = self.volume_table.item(row, 0).data(0x0100)
-            after = self.volume_table.item(row, 3).data(0x0100)
-            out[int(value)] = (float(self.volume_table.item(row, 2).data(0x0100)), None if after is None else float(after))
+            value, after = cell_value(self.volume_table, row, 0), cell_value(self.volume_table, row, 3)
+            out[int(value)] = (float(cell_value(self.volume_table, row, 2)), None if after is None else float(after))
         return out
 
     def applied_layers(self) -> list[Any]:
@@ -812,7 +752,7 @@ class PostprocessWidget(QWidget):
                 self.viewer.layers.remove(layer)
                 break
         for row in range(self.volume_table.rowCount()):
-            self.volume_table.setItem(row, 3, QTableWidgetItem(""))
+            set_cell(self.volume_table, row, 3, "")
         self.undo_button.setEnabled(bool(self.applied_layers()))
 
     # ------------------------------------------------------------------------------------ closing

@@ -25,7 +25,6 @@ import numpy as np
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -34,15 +33,20 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
-    QSpinBox,
     QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
 from napari_medseg.errors import GeometryMismatchError, InvalidInputError
 from napari_medseg.plugin._layers import HEADER_KEY, layer_kwargs, volume_from_layer
+from napari_medseg.plugin._widgets import (
+    LayerCombo,
+    close_when_undocked,
+    double_spin,
+    int_spin,
+    set_cell,
+)
 from napari_medseg.plugin._worker import TaskRunner
 from napari_medseg.registration.metric import Metric
 from napari_medseg.registration.regularizers import Regularizer
@@ -137,22 +141,6 @@ def _layer_volume(layer: napari.layers.Layer, *, labels: bool | None = None) -> 
     return volume_from_layer(layer, labels=labels)
 
 
-def _double_spin(value: float, low: float, high: float, step: float, decimals: int = 3) -> QDoubleSpinBox:
-    box = QDoubleSpinBox()
-    box.setDecimals(decimals)
-    box.setRange(low, high)
-    box.setSingleStep(step)
-    box.setValue(value)
-    return box
-
-
-def _int_spin(value: int, low: int, high: int) -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(low, high)
-    box.setValue(value)
-    return box
-
-
 class RegisterWidget(QWidget):
     """Dock widget: register a moving layer onto a fixed one (UDT-SSD, Grélard et al. MIUA 2023).
 
@@ -171,13 +159,17 @@ class RegisterWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
+        close_when_undocked(self)
         self.viewer = napari_viewer
         self.last_output: RegistrationOutput | None = None
         self._last_names: tuple[str, str] | None = None
 
         # ---- inputs
-        self.fixed_combo, self.moving_combo = QComboBox(), QComboBox()
-        self.fixed_mask_combo, self.moving_mask_combo = QComboBox(), QComboBox()
+        viewer = napari_viewer
+        self.fixed_combo = LayerCombo(viewer, "image", parent=self)
+        self.moving_combo = LayerCombo(viewer, "image", default_index=1, parent=self)
+        self.fixed_mask_combo = LayerCombo(viewer, "labels", optional=True, none_text=AUTO_MASK, parent=self)
+        self.moving_mask_combo = LayerCombo(viewer, "labels", optional=True, none_text=AUTO_MASK, parent=self)
         inputs = QFormLayout()
         inputs.addRow("Fixed image", self.fixed_combo)
         inputs.addRow("Moving image", self.moving_combo)
@@ -191,11 +183,11 @@ class RegisterWidget(QWidget):
         self.regularizer_combo = QComboBox()
         self.regularizer_combo.addItems([r.value for r in Regularizer])
         # the core validates the values (one source of truth): the ranges only bound typing
-        self.mu_spin = _double_spin(0.5, -1e6, 1e6, 0.1)
-        self.lambda_spin = _double_spin(0.5, -1e6, 1e6, 0.1)
-        self.tau_spin = _double_spin(1.0, -1e6, 1e6, 0.1)
-        self.levels_spin = _int_spin(3, 1, 10)
-        self.iterations_spin = _int_spin(400, 0, 100_000)
+        self.mu_spin = double_spin(0.5, -1e6, 1e6, 0.1)
+        self.lambda_spin = double_spin(0.5, -1e6, 1e6, 0.1)
+        self.tau_spin = double_spin(1.0, -1e6, 1e6, 0.1)
+        self.levels_spin = int_spin(3, 1, 10)
+        self.iterations_spin = int_spin(400, 0, 100_000)
         self.scale_invariant_check = QCheckBox("Scale-invariant distance transform")
         params = QFormLayout()
         params.addRow("Metric", self.metric_combo)
@@ -221,7 +213,7 @@ class RegisterWidget(QWidget):
         self.results_table.setVerticalHeaderLabels([row[0] for row in _RESULT_ROWS])
 
         # ---- apply the field to another layer
-        self.apply_combo = QComboBox()
+        self.apply_combo = LayerCombo(viewer, ("image", "labels"), parent=self)
         self.apply_button = QPushButton("Apply field")
         self.apply_progress = QProgressBar()
         self.apply_status = QLabel("")
@@ -241,8 +233,8 @@ class RegisterWidget(QWidget):
         path_row = QHBoxLayout()
         path_row.addWidget(self.imzml_edit)
         path_row.addWidget(browse)
-        self.mz_spin = _double_spin(0.0, 0.0, 1e6, 0.1, decimals=4)
-        self.tolerance_spin = _double_spin(10.0, 0.0, 1e6, 1.0, decimals=4)
+        self.mz_spin = double_spin(0.0, 0.0, 1e6, 0.1, decimals=4)
+        self.tolerance_spin = double_spin(10.0, 0.0, 1e6, 1.0, decimals=4)
         self.tolerance_unit = QComboBox()
         self.tolerance_unit.addItems(["ppm", "Da"])
         tol_row = QHBoxLayout()
@@ -274,40 +266,26 @@ class RegisterWidget(QWidget):
         layout.addWidget(apply_box)
         layout.addStretch(1)
 
-        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            event.connect(self._refresh_layers)
-        self._refresh_layers()
-
     # ------------------------------------------------------------------------------------ layers
-    def _layers_of(self, kind: str) -> list[str]:
-        return [layer.name for layer in self.viewer.layers if type(layer).__name__ == kind]
-
-    @staticmethod
-    def _fill(combo: QComboBox, names: list[str]) -> None:
-        current = combo.currentText()
-        combo.blockSignals(True)
-        combo.clear()
-        combo.addItems(names)
-        if current in names:
-            combo.setCurrentText(current)
-        combo.blockSignals(False)
+    def _layer_combos(self) -> tuple[LayerCombo, ...]:
+        return (self.fixed_combo, self.moving_combo, self.fixed_mask_combo, self.moving_mask_combo, self.apply_combo)
 
     def _refresh_layers(self, event=None) -> None:
-        images = self._layers_of("Image")
-        labels = self._layers_of("Labels")
-        had_moving = self.moving_combo.currentText()
-        self._fill(self.fixed_combo, images)
-        self._fill(self.moving_combo, images)
-        if not had_moving and len(images) > 1:
-            self.moving_combo.setCurrentIndex(1)
-        self._fill(self.fixed_mask_combo, [AUTO_MASK, *labels])
-        self._fill(self.moving_mask_combo, [AUTO_MASK, *labels])
-        self._fill(self.apply_combo, images + labels)
+        """Refill every layer picker from the viewer (they also follow its events themselves)."""
+        for combo in self._layer_combos():
+            combo.refresh()
 
-    def _layer(self, name: str, what: str):
-        if not name or name not in self.viewer.layers:
-            raise InvalidInputError(f"{what}: choose a layer (got {name or 'none'})")
-        return self.viewer.layers[name]
+    @staticmethod
+    def _layer(combo: LayerCombo, what: str):
+        layer = combo.layer()
+        if layer is None:
+            raise InvalidInputError(f"{what}: choose a layer (got none)")
+        return layer
+
+    def closeEvent(self, event) -> None:
+        for combo in self._layer_combos():
+            combo.disconnect_viewer()
+        super().closeEvent(event)
 
     # ------------------------------------------------------------------------------------ register
     def parameters(self) -> dict:
@@ -328,14 +306,14 @@ class RegisterWidget(QWidget):
             self.runner.cancel()
             return
         try:
-            fixed_layer = self._layer(self.fixed_combo.currentText(), "fixed image")
-            moving_layer = self._layer(self.moving_combo.currentText(), "moving image")
+            fixed_layer = self._layer(self.fixed_combo, "fixed image")
+            moving_layer = self._layer(self.moving_combo, "moving image")
             fixed = _layer_volume(fixed_layer, labels=False)
             moving = _layer_volume(moving_layer, labels=False)
             masks = []
-            for combo, what in ((self.fixed_mask_combo, "fixed mask"), (self.moving_mask_combo, "moving mask")):
-                name = combo.currentText()
-                masks.append(None if name in ("", AUTO_MASK) else _layer_volume(self._layer(name, what), labels=True))
+            for combo in (self.fixed_mask_combo, self.moving_mask_combo):
+                layer = combo.layer()  # None: the core's automatic mask
+                masks.append(None if layer is None else _layer_volume(layer, labels=True))
         except InvalidInputError as exc:
             self._fail_now(exc)
             return
@@ -403,7 +381,7 @@ class RegisterWidget(QWidget):
                     continue
                 value = report[key]
                 text = f"{value:.6g}" if isinstance(value, float) else str(value)
-                self.results_table.setItem(row, col, QTableWidgetItem(text))
+                set_cell(self.results_table, row, col, text, value=value)
 
     # ------------------------------------------------------------------------------------ apply field
     def _on_apply_clicked(self) -> None:
@@ -415,7 +393,7 @@ class RegisterWidget(QWidget):
         try:
             if self.last_output is None:
                 raise InvalidInputError("apply field: run a registration first (no field yet)")
-            layer = self._layer(self.apply_combo.currentText(), "apply field")
+            layer = self._layer(self.apply_combo, "apply field")
             nearest = type(layer).__name__ == "Labels"
             image = _layer_volume(layer, labels=nearest or None)
         except InvalidInputError as exc:

@@ -29,7 +29,6 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -38,7 +37,6 @@ from qtpy.QtWidgets import (
     QListWidgetItem,
     QProgressBar,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -53,6 +51,13 @@ from napari_medseg.plugin._layers import (
     volume_from_layer,
 )
 from napari_medseg.plugin._settings import plugin_config, registry_from_config
+from napari_medseg.plugin._widgets import (
+    LayerCombo,
+    close_when_undocked,
+    double_spin,
+    int_spin,
+    refill,
+)
 from napari_medseg.plugin._worker import TaskRunner, notify_error, plugin_events, warn
 from napari_medseg.registry import card_warnings
 from napari_medseg.uncertainty import (
@@ -164,6 +169,7 @@ class SegmentWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
+        close_when_undocked(self)
         self.viewer = napari_viewer
         self._models: dict[str, RegistryModel] = {}
         self._result: dict[str, Any] | None = None
@@ -195,7 +201,7 @@ class SegmentWidget(QWidget):
         input_layout = QVBoxLayout(input_box)
         self._channel_form = QFormLayout()
         input_layout.addLayout(self._channel_form)
-        self.channel_combos: list[QComboBox] = []
+        self.channel_combos: list[LayerCombo] = []
         self.mismatch_label = QLabel()
         self.mismatch_label.setWordWrap(True)
         self.mismatch_label.setStyleSheet("color: #e0a030")
@@ -210,29 +216,19 @@ class SegmentWidget(QWidget):
         index = self.device_combo.findText(config.device)
         self.device_combo.setCurrentIndex(max(index, 0))
         form.addRow("Device", self.device_combo)
-        self.overlap_spin = QDoubleSpinBox()
-        self.overlap_spin.setRange(0.0, 0.95)
-        self.overlap_spin.setSingleStep(0.05)
-        self.overlap_spin.setDecimals(2)
-        self.overlap_spin.setToolTip("Fraction of a patch shared with its neighbour (default: the card's)")
+        self.overlap_spin = double_spin(0.0, 0.0, 0.95, 0.05, decimals=2,
+                                        tooltip="Fraction of a patch shared with its neighbour (default: the card's)")
         form.addRow("Overlap", self.overlap_spin)
-        self.batch_spin = QSpinBox()
-        self.batch_spin.setRange(0, 256)
+        self.batch_spin = int_spin(0, 0, 256, tooltip="Patches per network call (auto: 1 on the CPU, 4 on a GPU, "
+                                                      "16 slices for 2D models)")
         self.batch_spin.setSpecialValueText("auto")
-        self.batch_spin.setToolTip("Patches per network call (auto: 1 on the CPU, 4 on a GPU, 16 slices for 2D models)")
         form.addRow("Batch size", self.batch_spin)
-        self.dropout_spin = QDoubleSpinBox()
-        self.dropout_spin.setRange(0.0, 0.95)
-        self.dropout_spin.setSingleStep(0.05)
-        self.dropout_spin.setDecimals(2)
-        self.dropout_spin.setToolTip("Dropout level for Monte-Carlo sampling (default: the card's rate)")
+        self.dropout_spin = double_spin(0.0, 0.0, 0.95, 0.05, decimals=2,
+                                        tooltip="Dropout level for Monte-Carlo sampling (default: the card's rate)")
         form.addRow("Dropout rate", self.dropout_spin)
-        self.mc_spin = QSpinBox()
-        self.mc_spin.setRange(0, 200)
-        self.mc_spin.setToolTip("Monte-Carlo dropout samples; 0 = deterministic")
+        self.mc_spin = int_spin(0, 0, 200, tooltip="Monte-Carlo dropout samples; 0 = deterministic")
         form.addRow("MC samples", self.mc_spin)
-        self.seed_spin = QSpinBox()
-        self.seed_spin.setRange(0, 2**31 - 1)
+        self.seed_spin = int_spin(0, 0, 2**31 - 1)
         form.addRow("Seed", self.seed_spin)
         self.tta_check = QCheckBox("Test-time flips")
         form.addRow(self.tta_check)
@@ -261,13 +257,10 @@ class SegmentWidget(QWidget):
         self.regions_list.setMaximumHeight(160)
         results_layout.addWidget(self.regions_list)
         row = QHBoxLayout()
-        self.threshold_spin = QDoubleSpinBox()
-        self.threshold_spin.setRange(0.0, 1.0)
-        self.threshold_spin.setSingleStep(0.05)
-        self.threshold_spin.setDecimals(2)
-        self.threshold_spin.setToolTip(
-            "A voxel keeps its most probable label only if that probability is at least this value, "
-            "else it becomes background (0 = plain argmax)"
+        self.threshold_spin = double_spin(
+            0.0, 0.0, 1.0, 0.05, decimals=2,
+            tooltip="A voxel keeps its most probable label only if that probability is at least this value, "
+                    "else it becomes background (0 = plain argmax)",
         )
         self.threshold_button = QPushButton("Re-threshold")
         row.addWidget(QLabel("Min. probability"))
@@ -290,26 +283,18 @@ class SegmentWidget(QWidget):
         self.threshold_button.clicked.connect(self._on_threshold_clicked)
         self.regions_list.itemClicked.connect(self._on_region_clicked)
         plugin_events().registry_changed.connect(self.refresh_models)
-        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            event.connect(self._refresh_layer_choices)
         self.refresh_models()
 
     # ------------------------------------------------------------------------------ models
     def refresh_models(self) -> None:
         """Scan the registry again and refill the model picker (keeps the selection if it still exists)."""
-        current = self.model_combo.currentText()
         try:
             models = registry_from_config().scan().models
         except MedsegError as exc:
             notify_error(exc, what="Reading the model registry")
             models = []
         self._models = {m.name: m for m in models}
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        self.model_combo.addItems(list(self._models))
-        if current in self._models:
-            self.model_combo.setCurrentText(current)
-        self.model_combo.blockSignals(False)
+        refill(self.model_combo, list(self._models))
         self._on_model_changed(self.model_combo.currentText())
 
     @property
@@ -335,57 +320,32 @@ class SegmentWidget(QWidget):
         self._build_channel_combos([f"{c.name} ({c.modality})" for c in card.channels])
 
     # ------------------------------------------------------------------------------ inputs
-    def _image_layer_names(self) -> list[str]:
-        from napari.layers import Image
-
-        return [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
-
     def _build_channel_combos(self, titles: list[str]) -> None:
-        previous = [c.currentText() for c in self.channel_combos]
+        """One image-layer picker per card channel; channel ``i`` keeps its layer, else takes the
+        ``i``-th image layer (the newest one for a single-channel model)."""
+        previous = [c.layer() for c in self.channel_combos]
+        for combo in self.channel_combos:
+            combo.disconnect_viewer()
         while self._channel_form.rowCount():
             self._channel_form.removeRow(0)
         self.channel_combos = []
-        names = self._image_layer_names()
         for i, title in enumerate(titles):
-            combo = QComboBox()
-            combo.addItems(names)
-            if i < len(previous) and previous[i] in names:
-                combo.setCurrentText(previous[i])
-            elif i < len(names):
-                combo.setCurrentIndex(i if len(titles) > 1 else len(names) - 1)
+            combo = LayerCombo(self.viewer, "image", default_index=i if len(titles) > 1 else -1)
+            if i < len(previous) and previous[i] is not None and previous[i] in self.viewer.layers:
+                combo.set_layer(previous[i])
             combo.currentTextChanged.connect(self._update_mismatch)
             self._channel_form.addRow(title, combo)
             self.channel_combos.append(combo)
         self._update_mismatch()
 
-    def _refresh_layer_choices(self, _event=None) -> None:
-        try:
-            self._fill_layer_choices()
-        except RuntimeError:  # the Qt widget is gone (dock closed) while the viewer lives on
-            for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-                event.disconnect(self._refresh_layer_choices)
-
-    def _fill_layer_choices(self) -> None:
-        names = self._image_layer_names()
-        for combo in self.channel_combos:
-            current = combo.currentText()
-            combo.blockSignals(True)
-            combo.clear()
-            combo.addItems(names)
-            if current in names:
-                combo.setCurrentText(current)
-            elif names:
-                combo.setCurrentIndex(len(names) - 1)
-            combo.blockSignals(False)
-        self._update_mismatch()
-
     def input_layers(self) -> list[Any]:
         """The selected image layer per card channel (None where none is chosen)."""
-        out = []
+        return [combo.layer() for combo in self.channel_combos]
+
+    def closeEvent(self, event: Any) -> None:
         for combo in self.channel_combos:
-            name = combo.currentText()
-            out.append(self.viewer.layers[name] if name and name in self.viewer.layers else None)
-        return out
+            combo.disconnect_viewer()
+        super().closeEvent(event)
 
     def mismatch_messages(self) -> list[str]:
         """How the first input differs from the selected card (spacing, orientation); [] if it matches."""

@@ -28,7 +28,6 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -38,9 +37,7 @@ from qtpy.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
-    QSpinBox,
     QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -52,6 +49,14 @@ from napari_medseg.plugin._settings import (
     jobs_root_from_config,
     plugin_config,
     registry_from_config,
+)
+from napari_medseg.plugin._widgets import (
+    LayerCombo,
+    close_when_undocked,
+    double_spin,
+    int_spin,
+    refill,
+    set_cell,
 )
 from napari_medseg.plugin._worker import TaskRunner, notify_error, plugin_events
 from napari_medseg.volume import Volume
@@ -195,16 +200,6 @@ class _JobView:
         return next(iter(sorted(self.metrics)), None)
 
 
-def _spin(value: float, low: float, high: float, *, decimals: int | None = None, step: float = 1.0):
-    box = QSpinBox() if decimals is None else QDoubleSpinBox()
-    if decimals is not None:
-        box.setDecimals(decimals)
-    box.setRange(low, high)
-    box.setSingleStep(step if decimals is not None else max(1, int(step)))
-    box.setValue(value)
-    return box
-
-
 class TrainWidget(QWidget):
     """Dock widget: launch training / fine-tuning jobs, follow them, cancel, resume, read their logs.
 
@@ -227,6 +222,7 @@ class TrainWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
+        close_when_undocked(self)
         from napari_medseg.training.config import FreezeMode, TrainConfig
         from napari_medseg.training.losses import LossName
 
@@ -248,18 +244,19 @@ class TrainWidget(QWidget):
         dataset_row.addWidget(self.dataset_edit)
         dataset_row.addWidget(browse)
         self.layers_check = QCheckBox("Current layers as a case")
-        self.image_combo, self.labels_combo = QComboBox(), QComboBox()
+        self.image_combo = LayerCombo(napari_viewer, "image", parent=self)
+        self.labels_combo = LayerCombo(napari_viewer, "labels", parent=self)
         self.model_combo = QComboBox()
         self.freeze_combo = QComboBox()
         self.freeze_combo.addItems([m.value for m in FreezeMode])
         self.loss_combo = QComboBox()
         self.loss_combo.addItems([n.value for n in LossName])  # every name medseg train --loss accepts
         self.loss_combo.setCurrentText(str(defaults["loss"]))
-        self.mixup_spin = _spin(float(defaults["mixup_alpha"]), 0.0, 100.0, decimals=3, step=0.1)
-        self.epochs_spin = _spin(int(defaults["epochs"]), 0, 1_000_000)  # 0 is refused by the config
-        self.iterations_spin = _spin(int(defaults["iterations_per_epoch"]), 0, 1_000_000)
-        self.batch_spin = _spin(int(defaults["batch_size"]), 0, 4096)
-        self.lr_spin = _spin(1e-4, 0.0, 10.0, decimals=7, step=1e-4)  # medseg finetune's default; train: 5e-4
+        self.mixup_spin = double_spin(float(defaults["mixup_alpha"]), 0.0, 100.0, 0.1, decimals=3)
+        self.epochs_spin = int_spin(int(defaults["epochs"]), 0, 1_000_000)  # 0 is refused by the config
+        self.iterations_spin = int_spin(int(defaults["iterations_per_epoch"]), 0, 1_000_000)
+        self.batch_spin = int_spin(int(defaults["batch_size"]), 0, 4096)
+        self.lr_spin = double_spin(1e-4, 0.0, 10.0, 1e-4, decimals=7)  # medseg finetune's default; train: 5e-4
         self._train_lr = float(defaults["learning_rate"])
         self.device_combo = QComboBox()
         self.device_combo.addItems(list(_DEVICES))
@@ -345,10 +342,7 @@ class TrainWidget(QWidget):
         layout.addWidget(jobs_box)
 
         self.mode_combo.currentTextChanged.connect(self._on_mode_changed)
-        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            event.connect(self._refresh_layers)
         plugin_events().registry_changed.connect(self.refresh_models)
-        self._refresh_layers()
         self.refresh_models()
         self._on_mode_changed(self.mode_combo.currentText())
         self.rescan_jobs()
@@ -374,27 +368,19 @@ class TrainWidget(QWidget):
             self.lr_spin.setValue(1e-4)
 
     def _refresh_layers(self, event=None) -> None:
-        for combo, kind in ((self.image_combo, "Image"), (self.labels_combo, "Labels")):
-            current = combo.currentText()
-            names = [layer.name for layer in self.viewer.layers if type(layer).__name__ == kind]
-            combo.clear()
-            combo.addItems(names)
-            if current in names:
-                combo.setCurrentText(current)
+        """Refill the layer pickers from the viewer (they also follow its events themselves)."""
+        self.image_combo.refresh()
+        self.labels_combo.refresh()
 
     def refresh_models(self) -> None:
         """Re-read the registry into the base-model picker (on ``registry_changed``)."""
-        current = self.model_combo.currentText()
         try:
             models = registry_from_config().scan().models
         except Exception as exc:  # noqa: BLE001 - a broken folder must not break the widget
             notify_error(exc, what="Reading the model registry")
             models = []
         self._model_folders = {m.name: str(m.folder) for m in models}
-        self.model_combo.clear()
-        self.model_combo.addItems(list(self._model_folders))
-        if current in self._model_folders:
-            self.model_combo.setCurrentText(current)
+        refill(self.model_combo, list(self._model_folders))
 
     def request(self) -> TrainingRequest:
         """The launch request from the controls (layer data read here, on the main thread).
@@ -407,13 +393,13 @@ class TrainWidget(QWidget):
         kind = _MODES[self.mode_combo.currentText()]
         layer_case = None
         if self.layers_check.isChecked():
-            image_name, labels_name = self.image_combo.currentText(), self.labels_combo.currentText()
-            if not image_name or image_name not in self.viewer.layers:
+            image_layer, labels_layer = self.image_combo.layer(), self.labels_combo.layer()
+            if image_layer is None:
                 raise InvalidInputError("current layers as a case: choose an image layer")
-            if not labels_name or labels_name not in self.viewer.layers:
+            if labels_layer is None:
                 raise InvalidInputError("current layers as a case: choose a Labels layer (the viewer has none)")
-            image = volume_from_layer(self.viewer.layers[image_name], labels=False)
-            labels = volume_from_layer(self.viewer.layers[labels_name], labels=True)
+            image = volume_from_layer(image_layer, labels=False)
+            labels = volume_from_layer(labels_layer, labels=True)
             # copies: the user may keep painting while the case is written in the worker
             layer_case = (Volume(image.array.copy(), image.geometry, image.metadata),
                           Volume(labels.array.copy(), labels.geometry, labels.metadata))
@@ -482,11 +468,7 @@ class TrainWidget(QWidget):
         metric_name = view.metric_name
         metric = f"{metric_name} {view.metrics[metric_name][-1][1]:.4f}" if metric_name else ""
         for col, text in enumerate((view.job.id, view.job.kind, str(view.status), view.progress, loss, metric)):
-            item = self.table.item(row, col)
-            if item is None:
-                self.table.setItem(row, col, QTableWidgetItem(text))
-            elif item.text() != text:
-                item.setText(text)
+            set_cell(self.table, row, col, text)
         if events and view.job.id == self.selected_job_id():
             self._update_plot()
         if notify and view.status.is_final and not previous.is_final:
@@ -611,6 +593,8 @@ class TrainWidget(QWidget):
 
     def closeEvent(self, event: Any) -> None:
         self.timer.stop()
+        self.image_combo.disconnect_viewer()
+        self.labels_combo.disconnect_viewer()
         super().closeEvent(event)
 
 
