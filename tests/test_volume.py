@@ -438,3 +438,16 @@ def test_written_files_get_ordinary_permissions(tmp_path, oblique_volume):
     assert (volume_file.stat().st_mode & 0o777) == 0o644
     assert (text_file.stat().st_mode & 0o777) == 0o644
     assert (folder.stat().st_mode & 0o777) == 0o755
+
+
+def test_dicom_io_keeps_the_process_locale(tmp_path):
+    # GDCM sets the C locale; without the restore Python's default text encoding turns to ASCII
+    import locale
+
+    before = locale.setlocale(locale.LC_ALL)
+    volume = Volume(np.arange(60, dtype=np.int16).reshape(3, 4, 5), Geometry((0.5, 0.5, 2.0)))
+    write_volume(volume, tmp_path / "series")
+    assert locale.setlocale(locale.LC_ALL) == before
+    back = read_volume(tmp_path / "series")
+    assert locale.setlocale(locale.LC_ALL) == before
+    assert np.array_equal(back.array, volume.array)

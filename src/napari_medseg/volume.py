@@ -17,6 +17,8 @@ Writing is atomic: the file is written under a temporary name in the target fold
 from __future__ import annotations
 
 import contextlib
+import functools
+import locale
 import math
 import os
 import shutil
@@ -437,6 +439,24 @@ def _kept_metadata(image: sitk.Image | sitk.ImageFileReader) -> dict[str, str]:
     return kept
 
 
+def _keeps_locale(function):
+    """Restore the process locale after ``function``: GDCM (SimpleITK's DICOM IO) sets it to "C",
+    which would silently switch Python's default text encoding to ASCII for the rest of the process
+    (a napari session, a test run) after the first DICOM read or write."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        saved = locale.setlocale(locale.LC_ALL)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            if locale.setlocale(locale.LC_ALL) != saved:
+                with contextlib.suppress(locale.Error):
+                    locale.setlocale(locale.LC_ALL, saved)
+
+    return wrapper
+
+
 def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
     series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ()
     if not series_ids:
@@ -465,6 +485,7 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
     return from_sitk(image, metadata=metadata)
 
 
+@_keeps_locale
 def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Volume:
     """Read an image file or a DICOM folder into a :class:`Volume`.
 
@@ -569,6 +590,7 @@ def as_label_array(array: np.ndarray, *, name: str = "labels") -> np.ndarray:
     raise InvalidInputError(f"{name}: label values up to {high:g} do not fit an unsigned 64-bit integer")
 
 
+@_keeps_locale
 def read_labels(path: str | os.PathLike, *, series_uid: str | None = None) -> Volume:
     """Read a label map: like :func:`read_volume`, then check values are non-negative integers.
 
@@ -676,6 +698,7 @@ def _write_dicom_series(volume: Volume, folder: Path) -> None:
         writer.Execute(slice_image)
 
 
+@_keeps_locale
 def write_volume(
     volume: Volume,
     path: str | os.PathLike,
