@@ -51,6 +51,7 @@ def run_cli():
             [sys.executable, "-m", "napari_medseg.cli", *map(str, args)],
             capture_output=True,
             text=True,
+            encoding="utf-8",  # the CLI prints box-drawing characters; never depend on the locale
             **kwargs,
         )
         if check_rc is not None:

@@ -18,7 +18,9 @@ same Gaussian importance map, same zero padding of volumes smaller than a patch)
 see ``benchmarks/inference.py``. Its speed comes from a channels-last copy of the network with
 fused normalisation (:func:`napari_medseg.networks.optimize_for_inference`), batched patches
 under :func:`torch.inference_mode`, and, for Monte-Carlo dropout, from computing everything
-before the first dropout layer once per patch and only the rest once per sample.
+before the first dropout layer once per patch and only the rest once per sample; when that rest
+is dropout before a 1x1 head, all samples of a patch run as one fused, cache-blocked pass with
+masks from a per-patch pool (:func:`napari_medseg.networks._fast.dropout_head_moments`).
 
 Memory: the stitching buffers live on the CPU in float32 (the smallest dtype that accumulates
 weighted probabilities without visible error; float16 would lose 1e-3): ``C + 1`` values per
@@ -47,8 +49,8 @@ from torch import nn
 from napari_medseg import __version__
 from napari_medseg._options import look_up_option
 from napari_medseg.errors import InvalidInputError
-from napari_medseg.networks import optimize_for_inference, split_network
-from napari_medseg.networks._fast import channels_last_format
+from napari_medseg.networks import StagedNetwork, optimize_for_inference, split_network
+from napari_medseg.networks._fast import channels_last_format, dropout_head_moments
 from napari_medseg.networks.unet import check_dropout_rate
 from napari_medseg.progress import (
     CancelEvent,
@@ -399,11 +401,50 @@ def _patch_samples(
 
     Returns ``(B, C, *patch)`` and ``(B, *patch)`` contiguous tensors: labels first, so the
     softmax is a pass over C planes (49 ms vs 3 ms for a 4x96^3 log-softmax with labels last).
+
+    With Monte-Carlo dropout whose only active layer is an element-wise dropout right before a
+    1x1 head (:meth:`StagedNetwork.dropout_head`), the samples of a patch are computed in one
+    fused pass on the CPU (:func:`~napari_medseg.networks._fast.dropout_head_moments`: 28 ms vs
+    134 ms per patch and sample for 16x96^3 features and 4 labels, 1 thread of a busy 2-core
+    machine); otherwise the suffix after the first dropout layer runs once per sample.
     """
-    sum_p = sum_p2 = sum_h = None
+    totals: list[torch.Tensor | None] = [None, None, None]
+
+    def add(p: torch.Tensor, p2: torch.Tensor | None, h: torch.Tensor | None, axes: tuple[int, ...]) -> None:
+        if axes:
+            p = p.flip(axes)
+            p2 = p2.flip(axes) if p2 is not None else None
+            h = h.flip([a - 1 for a in axes]) if h is not None else None
+        if totals[0] is None:
+            totals[0] = p.contiguous()
+            if with_moments:
+                totals[1] = p2.contiguous() if p2 is not None else p * p
+                totals[2] = h.contiguous()
+        else:
+            totals[0] += p
+            if with_moments:
+                if p2 is not None:
+                    totals[1] += p2
+                else:
+                    totals[1].addcmul_(p, p)
+                totals[2] += h
+
     for net in nets:
         context = mc_dropout(net, rate=dropout_rate) if mc_samples > 0 else contextlib.nullcontext()
         with context:
+            head = None
+            if mc_samples > 0 and reuse_prefix and x.device.type == "cpu" and isinstance(net, StagedNetwork):
+                head = net.dropout_head()
+            if head is not None:
+                for axes in flips:
+                    check_cancelled(cancel, "inference")
+                    features, _ = net.run((x.flip(axes) if axes else x, ()), 0, head.index)
+                    p, p2, h = dropout_head_moments(
+                        features, head.weight, head.bias, p=head.p, n_samples=mc_samples,
+                        with_moments=with_moments, cancel=cancel,
+                    )
+                    add(p, p2, h, axes)
+                continue
             if reuse_prefix:
                 prefix, suffix = split_network(net)
             else:
@@ -418,20 +459,8 @@ def _patch_samples(
                     h = None
                     if with_moments:
                         h = (p * logp).sum(dim=1).neg_()
-                    if axes:
-                        p = p.flip(axes)
-                        h = h.flip([a - 1 for a in axes]) if h is not None else None
-                    if sum_p is None:
-                        sum_p = p
-                        if with_moments:
-                            sum_p = p.clone()
-                            sum_p2 = p * p
-                            sum_h = h.contiguous()
-                    else:
-                        sum_p += p
-                        sum_p2.addcmul_(p, p)
-                        sum_h += h
-    return sum_p, sum_p2, sum_h
+                    add(p, None, h, axes)
+    return totals[0], totals[1], totals[2]
 
 
 def _accumulate(

@@ -5,15 +5,32 @@ A stage maps a state ``(x, skips)`` to a new state: ``x`` is the tensor flowing 
 decoder level. Because the whole forward pass is this list, everything before the first *active*
 dropout layer (the deterministic prefix) can be computed once per patch and only the stochastic
 suffix re-run for each Monte-Carlo sample (:meth:`StagedNetwork.forward_prefix`,
-:meth:`StagedNetwork.forward_suffix`).
+:meth:`StagedNetwork.forward_suffix`). When that suffix is only an element-wise dropout layer and
+a 1x1 convolution (dropout before the head), :meth:`StagedNetwork.dropout_head` exposes it, so
+all samples can be computed in one fused pass
+(:func:`napari_medseg.networks._fast.dropout_head_moments`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-__all__ = ["State", "Stage", "Apply", "PushSkip", "PopConcat", "StagedNetwork", "is_dropout", "repeat_state"]
+from napari_medseg.networks._fast import FastDropout, pointwise_weights
+
+__all__ = [
+    "Apply",
+    "DropoutHead",
+    "PopConcat",
+    "PushSkip",
+    "Stage",
+    "StagedNetwork",
+    "State",
+    "is_dropout",
+    "repeat_state",
+]
 
 #: ``(x, skips)``: the running tensor and the pending skip tensors, deepest last.
 State = tuple[torch.Tensor, tuple[torch.Tensor, ...]]
@@ -77,6 +94,28 @@ def repeat_state(state: State, times: int) -> State:
     return rep(x), tuple(rep(s) for s in skips)
 
 
+@dataclass(frozen=True)
+class DropoutHead:
+    """The stochastic suffix of a :class:`StagedNetwork` when it is ``dropout -> 1x1 conv``.
+
+    Attributes
+    ----------
+    index : int
+        Stage index of the dropout layer (the prefix is ``stages[:index]``).
+    p : float
+        The dropout layer's current drop probability.
+    weight : torch.Tensor
+        ``(out_channels, in_channels)`` head weights.
+    bias : torch.Tensor or None
+        ``(out_channels,)`` head bias.
+    """
+
+    index: int
+    p: float
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+
 class StagedNetwork(nn.Module):
     """A network whose forward pass is ``stages`` applied in order to ``(x, ())``.
 
@@ -128,3 +167,21 @@ class StagedNetwork(nn.Module):
         """Logits from a state returned by :meth:`forward_prefix` (draws new dropout masks)."""
         out, _ = self.run(state, self.split_index(), None)
         return out
+
+    def dropout_head(self) -> DropoutHead | None:
+        """The suffix as a :class:`DropoutHead` when it is an element-wise dropout then a 1x1 conv.
+
+        None when no dropout layer is active, when the first active one is not element-wise
+        (``Dropout1d/2d/3d`` drop whole channels, ``AlphaDropout`` is not a mask) or when any
+        other stage follows it.
+        """
+        index = self.split_index()
+        if index + 2 != len(self.stages):
+            return None
+        drop, head = self.stages[index], self.stages[index + 1]
+        if not (isinstance(drop, Apply) and isinstance(head, Apply) and type(drop.module) in (nn.Dropout, FastDropout)):
+            return None
+        weights = pointwise_weights(head.module)
+        if weights is None:
+            return None
+        return DropoutHead(index=index, p=float(drop.module.p), weight=weights[0], bias=weights[1])
