@@ -237,7 +237,8 @@ def draw_keep_pool(numel: int, *, p: float, n_samples: int, span: int, device: t
       at least ``gap / span`` voxels away (3 slices of a 96^3 patch with 16 samples). That couples
       the Monte-Carlo errors of a few far-apart voxel pairs through one shared sample out of
       ``n_samples``; no per-voxel expectation changes (linearity), neighbouring voxels share
-      nothing, and the jitters keep distinct sample pairs from sharing the same voxel pair. A
+      nothing, and the random jitters make it unlikely that two sample pairs couple the same
+      voxel pair (equally spaced offsets would repeat one shift for all pairs: echoes). A
       fresh pool is drawn per patch, so patches (and the overlapping windows blended into one
       voxel) are independent.
 
