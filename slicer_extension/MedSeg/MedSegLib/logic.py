@@ -31,8 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from napari_medseg._options import look_up_option
 from napari_medseg.errors import InvalidInputError, MedsegError
 from napari_medseg.jobs import Job, JobKind, JobStatus, start_job
+from napari_medseg.training.config import FreezeMode
 from napari_medseg.volume import (
     Geometry,
     Volume,
@@ -545,8 +547,7 @@ class MedSegLogic:
         """
         card = self.card(model)
         epochs = _check_number("epochs", epochs, low=1, integer=True)
-        if freeze not in ("encoder", "all-but-last", "none"):
-            raise InvalidInputError(f"freeze={freeze!r}: expected encoder, all-but-last or none")
+        freeze = look_up_option(freeze, FreezeMode, name="freeze").value
         if dataset is not None and not Path(dataset).exists():
             raise InvalidInputError(f"dataset={str(dataset)!r} does not exist")
         work = self._work_dir("finetune")
