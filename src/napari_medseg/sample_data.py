@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_medseg.errors import MedsegError
-from napari_medseg.volume import Volume, read_volume, write_volume
+from napari_medseg.volume import Volume, read_volume
 
 __all__ = [
     "TISSUE_LABELS",
@@ -91,11 +91,21 @@ def mni152_tissue_labels(*, threshold: float = 0.5) -> Volume:
 
 def write_demo_data(folder: str | os.PathLike) -> dict[str, Path]:
     """Write the demo T1 volume and its tissue labels into ``folder`` and return their paths."""
+    from napari_medseg.outputs import check_outputs, write_outputs
+
     folder = Path(folder)
-    t1 = write_volume(mni152_t1(), folder / "mni152_t1.nii.gz")
+    paths = {
+        "t1": folder / "mni152_t1.nii.gz",
+        "labels": folder / "mni152_tissue_labels.nii.gz",
+        "segmentation": folder / "mni152_tissue_labels.seg.nrrd",
+    }
+    check_outputs(paths)
     names = {v: n for v, (n, _) in TISSUE_LABELS.items()}
     colours = {v: c for v, (_, c) in TISSUE_LABELS.items()}
     labels_volume = mni152_tissue_labels()
-    labels = write_volume(labels_volume, folder / "mni152_tissue_labels.nii.gz")
-    seg = write_volume(labels_volume, folder / "mni152_tissue_labels.seg.nrrd", label_names=names, label_colors=colours)
-    return {"t1": t1, "labels": labels, "segmentation": seg}
+    write_outputs([
+        (mni152_t1(), paths["t1"], {}),
+        (labels_volume, paths["labels"], {}),
+        (labels_volume, paths["segmentation"], {"label_names": names, "label_colors": colours}),
+    ])
+    return paths

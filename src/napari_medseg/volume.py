@@ -11,7 +11,8 @@ Supported formats (chosen by extension): NIfTI (``.nii``, ``.nii.gz``), NRRD (``
 ``.nhdr``; ``.seg.nrrd`` is read as a label map and written with Slicer segment fields), MetaImage
 (``.mha``, ``.mhd``), DICOM (a folder holding one or more series, or a single ``.dcm`` file) and 2D
 images (``.png``, ``.tif``, ``.tiff``, ``.jpg``, ``.bmp``) read as single-slice volumes.
-Writing is atomic: the file is written under a temporary name in the target folder and renamed.
+Writing is atomic and verified: the file is written under a temporary name in the target folder,
+checked complete and renamed (see :func:`write_volume` and :mod:`napari_medseg.outputs`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import locale
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from napari_medseg._atomic import atomic_directory
 from napari_medseg._options import look_up_option
 from napari_medseg.errors import FileFormatError, GeometryMismatchError, InvalidInputError
 
@@ -485,6 +484,21 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
     return from_sitk(image, metadata=metadata)
 
 
+def _check_readable(p: Path) -> None:
+    """Say why ``p`` cannot be read: missing is not the same as permission denied."""
+    from napari_medseg._atomic import access_error
+
+    try:
+        if p.is_dir():
+            os.listdir(p)
+        else:  # non-blocking: opening a FIFO must not wait for a writer
+            os.close(os.open(p, os.O_RDONLY | os.O_NONBLOCK))
+    except FileNotFoundError:
+        raise FileFormatError(f"{p}: file not found") from None
+    except OSError as exc:
+        raise access_error(exc, p, "read") from None
+
+
 @_keeps_locale
 def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Volume:
     """Read an image file or a DICOM folder into a :class:`Volume`.
@@ -511,8 +525,7 @@ def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
         If the image is 4D (or more) where a 3D volume is needed.
     """
     p = Path(path)
-    if not p.exists():
-        raise FileFormatError(f"{p}: file not found")
+    _check_readable(p)
     fmt = volume_format(p)
     if fmt == VolumeFormat.DICOM and p.is_dir():
         return _read_dicom_folder(p, series_uid)
@@ -707,7 +720,12 @@ def write_volume(
     label_names: Mapping[int, str] | None = None,
     label_colors: Mapping[int, tuple[float, float, float]] | None = None,
 ) -> Path:
-    """Write ``volume`` to ``path`` atomically, keeping its geometry and metadata.
+    """Write ``volume`` to exactly ``path``, atomically and verified, keeping geometry and metadata.
+
+    The file (with its ``.raw``/``.zraw`` data file for ``.mhd``/``.nhdr``, or the DICOM folder) is
+    written under a temporary name beside ``path``, flushed and checked complete (a NIfTI file
+    against its header, since SimpleITK does not report a short NIfTI write), then renamed into
+    place; a failure leaves an existing file byte-identical and no temporary entry behind.
 
     Parameters
     ----------
@@ -733,17 +751,131 @@ def write_volume(
         If the extension is unsupported.
     InvalidInputError
         If the data cannot be stored in that format (e.g. a multi-slice volume as PNG, floats as
-        DICOM, non-integer labels as ``.seg.nrrd``).
+        DICOM, non-integer labels as ``.seg.nrrd``), or the name would not be written as given
+        (see :func:`napari_medseg.outputs.check_output_name`: an upper-case extension, an existing
+        folder for a file, a non-empty folder this program did not write for DICOM).
+    FileAccessError
+        If the system refuses or cuts the write (no space, quota, file size limit, read-only,
+        permission); the message names ``path`` and the reason.
     """
+    from napari_medseg._atomic import commit
+    from napari_medseg.outputs import check_output_name
+
     target = Path(path)
-    fmt = volume_format(target)
+    check_output_name(target, option="path")
+    folder, moves = _stage_volume(volume, target, compress=compress, label_names=label_names, label_colors=label_colors)
+    try:
+        commit(moves, cleanup=[folder])
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return target
+
+
+def _write_failure(target: Path, folder: Path, detail: str, needed_bytes: int, *, known_only: bool = False):
+    """The FileAccessError for a write SimpleITK failed (or reported as done but left short).
+
+    SimpleITK's messages rarely carry the system's reason, so the device's free space and the
+    process's file size limit are checked to name it. With ``known_only``, None when no reason of
+    the system is found (the failure is the format's: the caller reports that).
+    """
+    import resource
+
+    from napari_medseg.errors import FileAccessError
+
+    reason = None if known_only else detail
+    with contextlib.suppress(OSError):
+        stat = os.statvfs(folder)
+        free = stat.f_bavail * stat.f_frsize
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if "No space" in detail or free < max(needed_bytes, 1 << 16):
+            reason = f"no space left on the device ({free} bytes free)"
+        elif "too large" in detail or (soft != resource.RLIM_INFINITY and soft < needed_bytes + (1 << 16)):
+            reason = f"file too large for the process's file size limit (ulimit -f: {soft} bytes)"
+        elif "Permission denied" in detail:
+            reason = "permission denied"
+        elif "Read-only" in detail:
+            reason = "read-only file system"
+        elif "quota" in detail.lower():
+            reason = "disk quota exceeded"
+    if reason is None:
+        return None
+    return FileAccessError(f"{target}: cannot write: {reason}; nothing was changed")
+
+
+def _verify_staged(fmt: VolumeFormat, staged: list[Path], volume: Volume, compressed: bool) -> str | None:
+    """Why a staged write is incomplete, or None: every file flushed and non-empty, NIfTI data
+    complete per its header (SimpleITK does not report a short NIfTI write), uncompressed data at
+    least as large as the array."""
+    from napari_medseg._atomic import fsync_path
+
+    for file in staged:
+        if not file.exists():
+            return f"{file.name} was not written"
+        fsync_path(file)
+        if file.stat().st_size == 0:
+            return f"{file.name} is empty"
+    if fmt == VolumeFormat.NIFTI:
+        if _nifti_data_end(staged[-1]) is None:
+            return "the NIfTI header cannot be read back"
+        try:
+            _check_nifti_complete(staged[-1])
+        except FileFormatError as exc:
+            return str(exc).rsplit("(", 1)[-1].rstrip(")")
+    elif not compressed and fmt in (VolumeFormat.METAIMAGE, VolumeFormat.NRRD):
+        if sum(f.stat().st_size for f in staged) < volume.array.nbytes:
+            return f"the data is shorter than the {volume.array.nbytes} bytes of the image"
+    return None
+
+
+def _stage_volume(
+    volume: Volume,
+    path: str | os.PathLike,
+    *,
+    compress: bool = True,
+    label_names: Mapping[int, str] | None = None,
+    label_colors: Mapping[int, tuple[float, float, float]] | None = None,
+) -> tuple[Path, list[tuple[Path, Path]]]:
+    """Write ``volume`` for ``path`` into a new staging folder beside it and verify it.
+
+    Returns the staging folder and the ``(staged, target)`` renames that put it in place (data
+    files first). Nothing at ``path`` is touched; on failure the staging folder is removed.
+    """
+    from napari_medseg._atomic import access_error, fsync_path, stage_dir
+    from napari_medseg.outputs import check_output_name, written_files
+
+    target = Path(path)
+    fmt = check_output_name(target, option="path")
     array = volume.array
     metadata = {k: str(v) for k, v in volume.metadata.items()}
     if fmt == VolumeFormat.DICOM:
         _check_dicom_writable(volume, target)
-        with atomic_directory(target) as tmp:
-            _write_dicom_series(volume, tmp)
-        return target
+        folder = stage_dir(target)
+        try:
+            _write_dicom_series(volume, folder)
+            problem = None
+            for file in sorted(folder.iterdir()):
+                fsync_path(file)
+                if file.stat().st_size < array[0].size * 2:
+                    problem = f"{file.name} holds {file.stat().st_size} bytes, less than one slice of pixels"
+                    break
+            if problem:
+                raise _write_failure(target, folder, problem, array.size * 2)
+            from napari_medseg._atomic import _give_default_mode
+
+            _give_default_mode(folder, target, directory=True)
+        except RuntimeError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            detail = str(exc).strip().splitlines()[-1]
+            failure = _write_failure(target, target.parent, detail, array.size * 2, known_only=True)
+            raise (failure or InvalidInputError(f"{target}: cannot write this image as DICOM ({detail})")) from None
+        except OSError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise access_error(exc, target) from None
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return folder, [(folder, target)]
     if fmt == VolumeFormat.SEG_NRRD:
         array = as_label_array(array, name=str(target))
         if label_names is None and label_colors is None:
@@ -759,23 +891,47 @@ def write_volume(
         image = image[:, :, 0]
     for key, value in metadata.items():
         image.SetMetaData(key, value)
-    # write under the final name inside a private temporary folder, then move into place: this
-    # keeps a .mhd header's reference to its .raw file valid and makes the final step a rename
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent if target.parent.exists() else None))
+    use_compression = compress and not target.name.lower().endswith(".nii")
+    targets = written_files(target, compress=use_compression)
+    # a single-file format is written under a plain name and renamed: SimpleITK rewrites names
+    # such as x.nii.gz.nii.gz (to x.nii.gz) or z.img.nii.gz (to an Analyze pair z.hdr/z.img); a
+    # header + data pair keeps the target's stem because the header names its data file
+    suffix = next(s for s in SUPPORTED_SUFFIXES if target.name.lower().endswith(s))
+    staged_names = [t.name for t in targets] if len(targets) > 1 else ["image" + suffix]
+    folder = stage_dir(target)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp_file = tmp_dir / target.name
-        use_compression = compress and not target.name.lower().endswith(".nii")
         try:
-            sitk.WriteImage(image, str(tmp_file), use_compression)
+            sitk.WriteImage(image, str(folder / staged_names[-1]), use_compression)
         except RuntimeError as exc:
-            raise InvalidInputError(f"{target}: cannot write this image in this format ({str(exc).strip().splitlines()[-1]})") from None
-        # data files (.raw/.zraw of a .mhd) first, the header last
-        for produced in sorted(tmp_dir.iterdir(), key=lambda f: f.name == target.name):
-            os.replace(produced, target.parent / produced.name)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    return target
+            detail = str(exc).strip().splitlines()[-1]
+            failure = _write_failure(target, folder, detail, array.nbytes, known_only=True)
+            if failure is not None:
+                raise failure from None
+            raise InvalidInputError(f"{target}: cannot write this image in this format ({detail})") from None
+        produced = sorted(f.name for f in folder.iterdir())
+        if produced != sorted(staged_names):
+            raise InvalidInputError(
+                f"{target}: the writer produced {', '.join(produced)} instead of {', '.join(staged_names)}; nothing was changed"
+            )
+        staged = [folder / n for n in staged_names]
+        problem = _verify_staged(fmt, staged, Volume(array, volume.geometry), use_compression)
+        if problem:
+            raise _write_failure(target, folder, problem, array.nbytes)
+        for file, final in zip(staged, targets):
+            _give_default_mode_file(file, final)
+    except OSError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise access_error(exc, target) from None
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder, list(zip(staged, targets))
+
+
+def _give_default_mode_file(tmp: Path, target: Path) -> None:
+    from napari_medseg._atomic import _give_default_mode
+
+    _give_default_mode(tmp, target, directory=False)
 
 
 # ------------------------------------------------------------------------------ resample / reorient

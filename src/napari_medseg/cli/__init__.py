@@ -1,7 +1,8 @@
 """The ``medseg`` command line: one subcommand per core operation.
 
 Exit codes: 0 success; 1 an unexpected internal error (a bug: please report it); 2 bad input or
-usage (a one-line message naming the file or parameter); 130 cancelled (Ctrl-C).
+usage, or the system refused (no space, permission, read-only, a closed output pipe; a one-line
+message naming the file or parameter and the reason); 130 cancelled (Ctrl-C).
 
 Each subcommand lives in its own module of this package with an ``add_parser(subparsers)``
 function; handlers import the core lazily so ``medseg info`` does not pay for importing torch.
@@ -11,6 +12,7 @@ Run ``MEDSEG_DEBUG=1 medseg ...`` to see full tracebacks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -68,7 +70,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
+        sys.stdout.flush()  # a closed pipe (medseg info --json X | head -c1) surfaces here
         return EXIT_OK if result is None else int(result)
+    except BrokenPipeError:
+        # the reader went away: say so once and keep Python from failing again at exit
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"medseg {args.command}: error: the output pipe was closed before all output was written", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except CancelledError as exc:
         print(f"medseg {args.command}: cancelled: {exc}", file=sys.stderr)
         return EXIT_CANCELLED
@@ -79,6 +88,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("MEDSEG_DEBUG"):
             raise
         print(f"medseg {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        # the user's system (no space, permission, read-only, another file system), not a bug
+        if os.environ.get("MEDSEG_DEBUG"):
+            raise
+        from napari_medseg.errors import os_error_reason
+
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        print(f"medseg {args.command}: error: {where + ': ' if where else ''}{os_error_reason(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         if os.environ.get("MEDSEG_DEBUG"):

@@ -88,6 +88,10 @@ def run_evaluate(args: argparse.Namespace) -> None:
     from napari_medseg.volume import read_labels
 
     labels = parse_labels(args.labels)
+    if args.csv:
+        from napari_medseg.outputs import check_outputs
+
+        check_outputs({}, {"--pred": args.pred, "--ref": args.ref}, files={"--csv": args.csv})
     pred = read_labels(args.pred)
     ref = read_labels(args.ref)
     with warnings.catch_warnings(record=True) as caught:

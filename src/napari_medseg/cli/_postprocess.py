@@ -105,6 +105,9 @@ def run_postprocess(args: argparse.Namespace) -> None:
     if not len(chain):
         raise UsageError(f"{args.chain}: the chain has no steps")
 
+    from napari_medseg.outputs import check_outputs
+
+    check_outputs({"OUT": args.output}, {"IN": args.input, "--chain": args.chain})
     volume = read_labels(args.input)
     before = label_voxel_counts(volume.array)
     result = postprocess(volume, chain)

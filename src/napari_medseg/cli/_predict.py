@@ -118,17 +118,10 @@ def run_predict(args: argparse.Namespace, *, cancel=None) -> None:
 def _predict(args: argparse.Namespace, *, cancel, progress, show_progress: bool) -> dict:
     """The work of ``medseg predict``; returns the written files (absolute paths) by role."""
     from napari_medseg.cli import UsageError, parse_labels
-    from napari_medseg.inference import CardMismatchWarning, predict
-    from napari_medseg.registry import load_model
-    from napari_medseg.volume import read_volume, write_volume
 
-    output = Path(args.output)
-    outputs = [output, Path(str(output) + ".json")]
-    for extra in (args.probabilities, args.uncertainty):
-        if extra:
-            outputs.append(Path(extra))
-    if len({p.resolve() for p in outputs}) != len(outputs):
-        raise UsageError("OUT, --probabilities and --uncertainty must be different files")
+    # the outputs first (names, folders, no output on an input or on another output), before torch
+    # is imported or anything is read: a typo fails at once and nothing the user has is touched
+    output, sidecar = _check_predict_outputs(args)
     chain = None
     if _postprocess_requested(args):
         from napari_medseg.postprocess import chain_from_options
@@ -158,8 +151,13 @@ def _predict(args: argparse.Namespace, *, cancel, progress, show_progress: bool)
     if args.batch_size is not None:
         _check_positive_int(args.batch_size, "--batch-size")
     resolve_device(args.device)
+    from napari_medseg.inference import CardMismatchWarning, predict
+    from napari_medseg.registry import load_model
+    from napari_medseg.volume import read_volume
+
     models = [load_model(name) for name in args.model]
     volumes = [read_volume(path) for path in args.input]
+    _check_output_shape(output, volumes[0])
     card = models[0].card
     label_values = card.label_values
     label_names = [card.labels[v].name for v in label_values]
@@ -206,27 +204,58 @@ def _predict(args: argparse.Namespace, *, cancel, progress, show_progress: bool)
         to_write.append((unc, Path(args.uncertainty), {}))
         provenance["outputs"]["uncertainty"] = {"file": args.uncertainty, "components": components}
 
-    from napari_medseg._atomic import write_text_atomic
     from napari_medseg.inference import provenance_metadata
+    from napari_medseg.outputs import write_outputs
 
     header = provenance_metadata(provenance)
-    for volume, path, kwargs in to_write:
-        if cancel is not None and cancel.is_set():
-            from napari_medseg.errors import CancelledError
+    if cancel is not None and cancel.is_set():
+        from napari_medseg.errors import CancelledError
 
-            raise CancelledError("prediction was cancelled before its outputs were written")
+        raise CancelledError("prediction was cancelled before its outputs were written")
+    items = []
+    for volume, path, kwargs in to_write:
         meta = {**volume.metadata, **header}
         extra = {} if not str(path).lower().endswith(".seg.nrrd") else kwargs
-        write_volume(volume.derive(volume.array, metadata=meta), path, **extra)
-    write_text_atomic(Path(str(output) + ".json"), json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+        items.append((volume.derive(volume.array, metadata=meta), path, extra))
+    # labels, probabilities, uncertainty and the sidecar change together or not at all
+    write_outputs(items, [(sidecar, json.dumps(provenance, indent=2, sort_keys=True) + "\n")])
     counts = _label_counts(labels.array, label_values, names)
     print(f"wrote {output} ({' x '.join(map(str, labels.shape))}, {labels.array.dtype}; {counts})")
-    written = {"labels": output, "sidecar": Path(str(output) + ".json")}
+    written = {"labels": output, "sidecar": sidecar}
     if args.probabilities:
         written["probabilities"] = Path(args.probabilities)
     if args.uncertainty:
         written["uncertainty"] = Path(args.uncertainty)
     return {role: str(path.resolve()) for role, path in written.items()}
+
+
+def _check_predict_outputs(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Check OUT, its sidecar OUT.json, --probabilities and --uncertainty before any work.
+
+    Returns ``(OUT, sidecar)``. Probabilities and uncertainty are floating-point multi-component
+    volumes, so they need NIfTI, NRRD or MetaImage.
+    """
+    from napari_medseg.cli import UsageError
+    from napari_medseg.outputs import check_outputs
+    from napari_medseg.volume import VolumeFormat, volume_format
+
+    output = Path(args.output)
+    sidecar = Path(str(output) + ".json")
+    extras = {"--probabilities": args.probabilities, "--uncertainty": args.uncertainty}
+    check_outputs({"OUT": output, **extras}, {"IN": list(args.input)}, files={"OUT.json (the sidecar)": sidecar})
+    for option, path in extras.items():
+        if path is not None and volume_format(path) not in (VolumeFormat.NIFTI, VolumeFormat.NRRD, VolumeFormat.METAIMAGE):
+            raise UsageError(f"{option}={path}: floating-point maps need .nii.gz, .nii, .nrrd, .mha or .mhd")
+    return output, sidecar
+
+
+def _check_output_shape(output: Path, volume) -> None:
+    """A 2D image format holds one slice (TIFF holds a stack): refuse before predicting."""
+    from napari_medseg.cli import UsageError
+    from napari_medseg.volume import VolumeFormat, volume_format
+
+    if volume_format(output) == VolumeFormat.IMAGE_2D and volume.shape[0] != 1 and output.suffix.lower() not in (".tif", ".tiff"):
+        raise UsageError(f"OUT={output}: a {volume.shape[0]}-slice volume cannot be written as a 2D image; use .nii.gz, .nrrd or .mha")
 
 
 def _label_counts(array, values, names) -> str:

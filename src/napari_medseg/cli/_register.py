@@ -121,6 +121,12 @@ def _register(args: argparse.Namespace, *, progress, cancel) -> dict:
     from napari_medseg.registration.volumes import register_volumes
     from napari_medseg.volume import read_labels, write_volume
 
+    from napari_medseg.outputs import check_outputs, write_outputs
+
+    check_outputs(
+        {"--out": args.out, "--field": args.field, "--warped-mask": args.warped_mask},
+        {"--fixed": args.fixed, "--moving": args.moving, "--fixed-mask": args.fixed_mask, "--moving-mask": args.moving_mask},
+    )
     fixed = _read_image(args.fixed, args, "--fixed")
     moving = _read_image(args.moving, args, "--moving")
     fixed_mask = read_labels(args.fixed_mask) if args.fixed_mask else None
@@ -143,11 +149,8 @@ def _register(args: argparse.Namespace, *, progress, cancel) -> dict:
         cancel=cancel,
     )
     result = out.result
-    write_volume(out.warped, args.out)
-    if args.field:
-        write_volume(out.field, args.field)
-    if args.warped_mask:
-        write_volume(out.warped_mask, args.warped_mask)
+    # the warped image, the field and the warped mask change together or not at all
+    write_outputs([(v, path, {}) for v, path in ((out.warped, args.out), (out.field, args.field), (out.warped_mask, args.warped_mask)) if path])
     # one code path with the napari widget; --json keeps its documented keys (no "_before" values)
     full = registration_report(out, moving_mask=moving_mask)
     report = {key: value for key, value in full.items() if not key.endswith("_before")}
@@ -169,11 +172,17 @@ def _register(args: argparse.Namespace, *, progress, cancel) -> dict:
 
 
 def run_apply(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
     from napari_medseg.cli import UsageError
     from napari_medseg.registration.imzml import ion_images, is_imzml, open_imzml
     from napari_medseg.registration.volumes import apply_field
     from napari_medseg.volume import Volume, read_volume, write_volume
 
+    from napari_medseg.outputs import check_outputs
+
+    companions = [Path(args.input).with_suffix(s) for s in (".ibd", ".IBD")] if is_imzml(args.input) else []
+    check_outputs({"OUT": args.output}, {"IN": [args.input, *companions], "--field": args.field})
     field = read_volume(args.field)
     if is_imzml(args.input):
         data = open_imzml(args.input)

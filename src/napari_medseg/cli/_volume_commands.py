@@ -90,6 +90,9 @@ def run_info(args: argparse.Namespace) -> None:
 def run_convert(args: argparse.Namespace) -> None:
     from napari_medseg.volume import read_labels, read_volume, write_volume
 
+    from napari_medseg.outputs import check_outputs
+
+    check_outputs({"OUT": args.output}, {"IN": args.input})
     read = read_labels if args.labels else read_volume
     volume = read(args.input, series_uid=args.series_uid)
     out = write_volume(volume, args.output)
