@@ -852,7 +852,8 @@ def _stage_volume(
         _check_dicom_writable(volume, target)
         folder = stage_dir(target)
         try:
-            _write_dicom_series(volume, folder)
+            with _quiet_c_stderr():
+                _write_dicom_series(volume, folder)
             problem = None
             for file in sorted(folder.iterdir()):
                 fsync_path(file)
@@ -901,7 +902,8 @@ def _stage_volume(
     folder = stage_dir(target)
     try:
         try:
-            sitk.WriteImage(image, str(folder / staged_names[-1]), use_compression)
+            with _quiet_c_stderr():
+                sitk.WriteImage(image, str(folder / staged_names[-1]), use_compression)
         except RuntimeError as exc:
             detail = str(exc).strip().splitlines()[-1]
             failure = _write_failure(target, folder, detail, array.nbytes, known_only=True)
@@ -926,6 +928,27 @@ def _stage_volume(
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return folder, list(zip(staged, targets))
+
+
+@contextlib.contextmanager
+def _quiet_c_stderr():
+    """Silence what the C writers print on a failed write (\"** ERROR: NWAD: wrote only...\",
+    \"MetaImage: M_WriteElementsData...\"): the failure is reported once, as a FileAccessError."""
+    import sys
+
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (a GUI, a captured stream)
+        yield
+        return
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
 
 
 def _give_default_mode_file(tmp: Path, target: Path) -> None:
