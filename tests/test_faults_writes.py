@@ -427,3 +427,14 @@ def test_csv_naming_a_folder(tmp_path):
     write_volume(Volume((_volume().array > 1500).astype(np.uint8)), labels)
     proc = _cli("evaluate", "--pred", labels, "--ref", labels, "--csv", tmp_path)
     assert proc.returncode == 2 and "is a folder" in proc.stderr and "internal error" not in proc.stderr
+
+
+def test_predict_checks_the_channel_count_before_loading_torch(tmp_path, scan, model):
+    code = (
+        "import sys\nfrom napari_medseg.cli import main\n"
+        f"rc = main(['predict', {str(scan)!r}, {str(scan)!r}, {str(tmp_path / 'seg.nii.gz')!r}, '--model', {str(model.folder)!r}])\n"
+        "print(rc, 'torch' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env())
+    assert proc.stdout.split() == ["2", "False"], proc.stderr
+    assert "expects 1 input channel" in proc.stderr

@@ -135,6 +135,12 @@ def _predict(args: argparse.Namespace, *, cancel, progress, show_progress: bool)
     elif args.labels is not None:
         raise UsageError("--labels selects labels for post-processing; give a post-processing flag too")
 
+    # model names (the cards, no weights) and the channel count before torch is imported
+    from napari_medseg.registry import load_model
+
+    models = [load_model(name) for name in args.model]
+    _check_channel_count(models[0], args.input)
+
     # check the numbers before loading anything, so a typo fails at once
     from napari_medseg.inference import _check_overlap, _check_positive_int, resolve_device
     from napari_medseg.networks.unet import check_dropout_rate
@@ -152,10 +158,8 @@ def _predict(args: argparse.Namespace, *, cancel, progress, show_progress: bool)
         _check_positive_int(args.batch_size, "--batch-size")
     resolve_device(args.device)
     from napari_medseg.inference import CardMismatchWarning, predict
-    from napari_medseg.registry import load_model
     from napari_medseg.volume import read_volume
 
-    models = [load_model(name) for name in args.model]
     volumes = [read_volume(path) for path in args.input]
     _check_output_shape(output, volumes[0])
     card = models[0].card
@@ -247,6 +251,20 @@ def _check_predict_outputs(args: argparse.Namespace) -> tuple[Path, Path]:
         if path is not None and volume_format(path) not in (VolumeFormat.NIFTI, VolumeFormat.NRRD, VolumeFormat.METAIMAGE):
             raise UsageError(f"{option}={path}: floating-point maps need .nii.gz, .nii, .nrrd, .mha or .mhd")
     return output, sidecar
+
+
+def _check_channel_count(model, inputs) -> None:
+    """One input per channel of the (first) model's card, checked before torch is imported (a
+    single IN may hold every channel as components: that is checked once it is read)."""
+    from napari_medseg.cli import UsageError
+
+    expected = int(model.card.in_channels)
+    if len(inputs) > 1 and len(inputs) != expected:
+        names = ", ".join(c.name for c in model.card.channels)
+        raise UsageError(
+            f"model {model.card.name!r} expects {expected} input channel(s) [{names}], "
+            f"got {len(inputs)} IN file(s); give one per channel, in that order"
+        )
 
 
 def _check_output_shape(output: Path, volume) -> None:
