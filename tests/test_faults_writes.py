@@ -438,3 +438,32 @@ def test_predict_checks_the_channel_count_before_loading_torch(tmp_path, scan, m
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env())
     assert proc.stdout.split() == ["2", "False"], proc.stderr
     assert "expects 1 input channel" in proc.stderr
+
+
+def test_existing_folder_named_like_a_file_is_refused(tmp_path):
+    source = tmp_path / "in.nrrd"
+    write_volume(_volume(), source)
+    (tmp_path / "out.nii.gz").mkdir()
+    proc = _cli("convert", source, tmp_path / "out.nii.gz")
+    assert proc.returncode == 2 and "is an existing folder" in proc.stderr
+    assert list((tmp_path / "out.nii.gz").iterdir()) == []
+
+
+def test_recovery_leaves_a_target_the_user_changed_since_the_kill(tmp_path):
+    """A journal of a killed commit is rolled forward only onto targets older than the journal."""
+    import time
+
+    from napari_medseg._atomic import recover
+
+    staged = tmp_path / ".a.txt.medseg-999999999-x.tmp"
+    staged.mkdir()
+    (staged / "a.txt").write_text("staged by the killed run")
+    journal = tmp_path / ".a.txt.medseg-999999999-x.journal"
+    journal.write_text(json.dumps({"moves": [[str(staged / "a.txt"), str(tmp_path / "a.txt")]], "describing": [],
+                                   "cleanup": [str(staged)]}))
+    old = time.time() - 10
+    os.utime(journal, (old, old))
+    (tmp_path / "a.txt").write_text("written by the user after the kill")
+    recover(tmp_path)
+    assert (tmp_path / "a.txt").read_text() == "written by the user after the kill"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]

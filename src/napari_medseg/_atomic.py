@@ -155,8 +155,8 @@ def recover(folder: str | os.PathLike) -> None:
             stale.append((match.group(2), Path(entry.path)))
     for kind, path in stale:
         if kind == "journal":
-            with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-                _apply_journal(json.loads(path.read_text(encoding="utf-8")))
+            with contextlib.suppress(OSError, ValueError, TypeError, KeyError, IndexError):
+                _apply_journal(json.loads(path.read_text(encoding="utf-8")), written_at=path.stat().st_mtime)
                 path.unlink()
     for kind, path in stale:
         if kind != "journal":
@@ -175,12 +175,15 @@ def _move_into_place(src: Path, dst: Path) -> None:
         os.replace(src, dst)
 
 
-def _apply_journal(journal: dict) -> None:
+def _apply_journal(journal: dict, *, written_at: float | None = None) -> None:
     moves = [(Path(s), Path(d)) for s, d in journal["moves"]]
+    describing = {moves[i][1] for i in journal.get("describing", [])}
+    if written_at is not None:
+        # recovering a killed commit: a target the user changed since then is left as it is
+        moves = [(s, d) for s, d in moves if not (d.exists() and d.stat().st_mtime > written_at + 1.0)]
     # files that describe the others (a sidecar) go first, so they never describe a mixed set
-    for index in journal.get("describing", []):
-        src, dst = moves[index]
-        if src.exists() or src.is_symlink():
+    for src, dst in moves:
+        if dst in describing and (src.exists() or src.is_symlink()):
             with contextlib.suppress(FileNotFoundError):
                 dst.unlink()
     for src, dst in moves:

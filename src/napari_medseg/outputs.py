@@ -73,6 +73,13 @@ def is_project_dicom_folder(folder: str | os.PathLike) -> bool:
     return all(_DICOM_SLICE_RE.match(n) for n in names)
 
 
+def _is_folder_target(target: Path, fmt) -> bool:
+    """A DICOM series folder: no file extension (an existing folder named x.nii.gz is not one)."""
+    from napari_medseg.volume import VolumeFormat
+
+    return fmt == VolumeFormat.DICOM and not _format_suffix(target)
+
+
 def check_output_name(path: str | os.PathLike, *, option: str = "OUT"):
     """Refuse an output name that would not be written exactly as given; return its format.
 
@@ -85,13 +92,13 @@ def check_output_name(path: str | os.PathLike, *, option: str = "OUT"):
         and reads neither ``.MHA`` nor ``.NII``), if a file target is an existing folder, or if a
         DICOM target is an existing file or a non-empty folder this project did not write.
     """
-    from napari_medseg.volume import VolumeFormat, volume_format
+    from napari_medseg.volume import volume_format
 
     target = Path(path)
     if target.name in ("", ".", "..") or str(path).endswith(("/", os.sep)) and not target.is_dir():
         raise InvalidInputError(f"{option}={path}: expected a file name (or a folder for a DICOM series)")
     fmt = volume_format(target)
-    if fmt == VolumeFormat.DICOM and not target.suffix:
+    if _is_folder_target(target, fmt):
         if target.is_dir():
             if not is_project_dicom_folder(target):
                 raise InvalidInputError(
@@ -187,12 +194,10 @@ def check_outputs(
     FileAccessError
         If an output's folder cannot be written (read-only, permission denied, not a folder).
     """
-    from napari_medseg.volume import VolumeFormat
-
     produced: list[tuple[str, Path, bool]] = []  # (option, path, is a DICOM folder)
     for option, path in _flatten(outputs):
         fmt = check_output_name(path, option=option)
-        is_folder = fmt == VolumeFormat.DICOM and not path.suffix
+        is_folder = _is_folder_target(path, fmt)
         produced.extend((option, p, is_folder) for p in written_files(path, compress=compress))
     for option, path in _flatten(files):
         if path.is_dir():
