@@ -29,7 +29,15 @@ from pathlib import Path
 from napari_medseg._atomic import TEMP_MARK, access_error, commit, fsync_path, stage_dir
 from napari_medseg.errors import FileAccessError, InvalidInputError, os_error_reason
 
-__all__ = ["written_files", "check_output_name", "check_outputs", "write_outputs", "is_project_dicom_folder"]
+__all__ = [
+    "written_files",
+    "check_output_name",
+    "check_outputs",
+    "check_prediction_outputs",
+    "sidecar_path",
+    "write_outputs",
+    "is_project_dicom_folder",
+]
 
 #: names of the slice files write_volume puts in a DICOM series folder
 _DICOM_SLICE_RE = re.compile(r"^slice_\d{5}\.dcm$")
@@ -157,7 +165,7 @@ def _check_folder_writable(folder: Path, option: str, target: Path) -> None:
     if not existing.is_dir():
         raise FileAccessError(f"{option}={target}: cannot write there: {existing} is not a folder")
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".medseg-write-check-{os.getpid()}-", dir=existing)
+        fd, probe = tempfile.mkstemp(prefix=f".write-check{TEMP_MARK}{os.getpid()}-", suffix=".tmp", dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
@@ -219,6 +227,40 @@ def check_outputs(
     for folder in {p.parent for _, p, _ in produced}:
         option, target = next((o, p) for o, p, _ in produced if p.parent == folder)
         _check_folder_writable(folder, option, target)
+
+
+def sidecar_path(labels: str | os.PathLike) -> Path:
+    """The JSON sidecar of a prediction written to ``labels``: ``labels`` + ``.json``."""
+    return Path(str(labels) + ".json")
+
+
+def check_prediction_outputs(
+    labels: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    *,
+    probabilities: str | os.PathLike | None = None,
+    uncertainty: str | os.PathLike | None = None,
+    names: tuple[str, str, str, str] = ("OUT", "--probabilities", "--uncertainty", "IN"),
+) -> Path:
+    """:func:`check_outputs` for one prediction (labels, sidecar, probabilities, uncertainty).
+
+    Probabilities and uncertainty are floating-point multi-component volumes, so they need NIfTI,
+    NRRD or MetaImage. ``names`` are the option names used in messages. Returns the sidecar path.
+
+    Raises
+    ------
+    InvalidInputError, FileAccessError
+        As :func:`check_outputs`, or for a probability/uncertainty format that cannot hold floats.
+    """
+    from napari_medseg.volume import VolumeFormat, volume_format
+
+    sidecar = sidecar_path(labels)
+    extras = {names[1]: probabilities, names[2]: uncertainty}
+    check_outputs({names[0]: labels, **extras}, {names[3]: list(inputs)}, files={f"{names[0]}.json (the sidecar)": sidecar})
+    for option, path in extras.items():
+        if path is not None and volume_format(path) not in (VolumeFormat.NIFTI, VolumeFormat.NRRD, VolumeFormat.METAIMAGE):
+            raise InvalidInputError(f"{option}={path}: floating-point maps need .nii.gz, .nii, .nrrd, .mha or .mhd")
+    return sidecar
 
 
 def _stage_text(path: Path, text: str) -> tuple[Path, list[tuple[Path, Path]]]:

@@ -234,22 +234,11 @@ def _predict(args: argparse.Namespace, *, cancel, progress, show_progress: bool)
 
 
 def _check_predict_outputs(args: argparse.Namespace) -> tuple[Path, Path]:
-    """Check OUT, its sidecar OUT.json, --probabilities and --uncertainty before any work.
-
-    Returns ``(OUT, sidecar)``. Probabilities and uncertainty are floating-point multi-component
-    volumes, so they need NIfTI, NRRD or MetaImage.
-    """
-    from napari_medseg.cli import UsageError
-    from napari_medseg.outputs import check_outputs
-    from napari_medseg.volume import VolumeFormat, volume_format
+    """Check OUT, its sidecar OUT.json, --probabilities and --uncertainty before any work."""
+    from napari_medseg.outputs import check_prediction_outputs
 
     output = Path(args.output)
-    sidecar = Path(str(output) + ".json")
-    extras = {"--probabilities": args.probabilities, "--uncertainty": args.uncertainty}
-    check_outputs({"OUT": output, **extras}, {"IN": list(args.input)}, files={"OUT.json (the sidecar)": sidecar})
-    for option, path in extras.items():
-        if path is not None and volume_format(path) not in (VolumeFormat.NIFTI, VolumeFormat.NRRD, VolumeFormat.METAIMAGE):
-            raise UsageError(f"{option}={path}: floating-point maps need .nii.gz, .nii, .nrrd, .mha or .mhd")
+    sidecar = check_prediction_outputs(output, args.input, probabilities=args.probabilities, uncertainty=args.uncertainty)
     return output, sidecar
 
 
