@@ -35,6 +35,8 @@ import SimpleITK as sitk
 from napari_medseg._atomic import atomic_directory
 from napari_medseg._options import look_up_option
 from napari_medseg.errors import FileFormatError, GeometryMismatchError, InvalidInputError
+from napari_medseg.headers import check_geometry_fields, check_metaimage_header, check_nrrd_header, check_regular_file, check_sitk_claim
+from napari_medseg.nifti import apply_nifti_fields, read_nifti, split_nifti_fields
 
 __all__ = [
     "Geometry",
@@ -84,6 +86,7 @@ _NIFTI_KEYS = {
     "datatype_name", "type", "dimension", "space", "space directions", "space origin", "kinds",
     "endian", "encoding", "sizes", "modality",
 }
+_NIFTI_KEYS |= {"qfac", "dim_info", "nifti_type"}  # ITK's NIfTI reader reports these too: never carry them to NRRD/MHA
 
 
 # ----------------------------------------------------------------------------------------- geometry
@@ -518,14 +521,26 @@ def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
         return _read_dicom_folder(p, series_uid)
     if p.is_dir():
         raise FileFormatError(f"{p}: is a folder but not a DICOM series")
+    # headers are checked before any voxel is read (napari_medseg.headers, napari_medseg.nifti)
+    file_size = check_regular_file(p).st_size
+    if fmt == VolumeFormat.NIFTI:
+        nifti_volume, nifti_geometry, nifti_metadata = read_nifti(p, file_size=file_size)
+        if nifti_volume is not None:
+            return nifti_volume
+    elif fmt in (VolumeFormat.NRRD, VolumeFormat.SEG_NRRD):
+        check_nrrd_header(p, file_size)
+    elif fmt == VolumeFormat.METAIMAGE:
+        check_metaimage_header(p, file_size)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
     try:
         reader.ReadImageInformation()
+        check_sitk_claim(p, reader)
         image = reader.Execute()
     except RuntimeError as exc:
         if fmt == VolumeFormat.NIFTI and "Unable to determine ImageIO reader" in str(exc):
-            return _read_nifti_with_nibabel(p)
+            volume = _read_nifti_with_nibabel(p)
+            return Volume(volume.array, nifti_geometry, nifti_metadata)
         raise _sitk_error(p, exc) from None
     if fmt == VolumeFormat.NIFTI:
         _check_nifti_complete(p)
@@ -533,6 +548,10 @@ def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
         volume = from_sitk(image, metadata=_kept_metadata(reader))
     except InvalidInputError as exc:
         raise InvalidInputError(f"{p}: {exc}") from None
+    if fmt == VolumeFormat.NIFTI:  # vector/RGB voxels came from SimpleITK; the geometry from the header
+        volume = Volume(volume.array, nifti_geometry, {**volume.metadata, **nifti_metadata})
+    g = volume.geometry
+    check_geometry_fields(p, spacing=g.spacing, origin=g.origin, direction=g.direction_matrix)
     if fmt == VolumeFormat.NIFTI and np.issubdtype(volume.array.dtype, np.floating):
         _restore_nifti_nans(p, volume.array)
     return volume
@@ -739,6 +758,7 @@ def write_volume(
     fmt = volume_format(target)
     array = volume.array
     metadata = {k: str(v) for k, v in volume.metadata.items()}
+    metadata, nifti_codes = split_nifti_fields(metadata)  # NIfTI-only keys never reach other formats
     if fmt == VolumeFormat.DICOM:
         _check_dicom_writable(volume, target)
         with atomic_directory(target) as tmp:
@@ -768,6 +788,8 @@ def write_volume(
         use_compression = compress and not target.name.lower().endswith(".nii")
         try:
             sitk.WriteImage(image, str(tmp_file), use_compression)
+            if fmt == VolumeFormat.NIFTI:
+                apply_nifti_fields(tmp_file, nifti_codes)  # keep qform/sform codes (SimpleITK writes 1, 1)
         except RuntimeError as exc:
             raise InvalidInputError(f"{target}: cannot write this image in this format ({str(exc).strip().splitlines()[-1]})") from None
         # data files (.raw/.zraw of a .mhd) first, the header last
