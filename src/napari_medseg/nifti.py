@@ -196,17 +196,16 @@ def _qform(path: Path, header, ndim: int) -> np.ndarray:
     check_geometry_fields(path, spacing=pixdim[: min(ndim, 3)], fields=("pixdim[1:4]", "", ""))
     quatern = [float(header[k]) for k in ("quatern_b", "quatern_c", "quatern_d")]
     offset = [float(header[k]) for k in ("qoffset_x", "qoffset_y", "qoffset_z")]
-    if not all(math.isfinite(v) for v in quatern + offset):
-        raise FileFormatError(
-            f"{path}: header fields quatern_b/c/d = {quatern}, qoffset_x/y/z = {offset}: expected finite values"
-        )
+    if not all(math.isfinite(v) for v in quatern):
+        raise FileFormatError(f"{path}: header field quatern_b/c/d = ({' '.join(f'{v:g}' for v in quatern)}): expected finite values")
+    check_geometry_fields(path, origin=offset, fields=("", "qoffset_x/y/z", ""))
     fixed = header.copy()
     if qfac == 0:
         fixed["pixdim"][0] = 1.0  # the standard and nibabel read qfac 0 as 1
     try:
         return fixed.get_qform()
     except Exception as exc:  # noqa: BLE001 - nibabel's HeaderDataError/ValueError for a bad quaternion
-        raise FileFormatError(f"{path}: header fields quatern_b/c/d = {quatern}: not a rotation ({exc})") from None
+        raise FileFormatError(f"{path}: header field quatern_b/c/d = ({' '.join(f'{v:g}' for v in quatern)}): not a rotation ({exc})") from None
 
 
 def _corners(shape: list[int]) -> np.ndarray:
