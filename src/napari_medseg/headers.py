@@ -169,8 +169,8 @@ def check_claimed_bytes(
     """
     if available_bytes is not None and available_bytes < claimed_bytes:
         raise FileFormatError(
-            f"{path}: the header claims {what} ({format_bytes(claimed_bytes)}) but the file holds "
-            f"{format_bytes(max(0, available_bytes))} of voxel data; it is truncated, corrupt or its header lies"
+            f"{path}: cannot read the file; it is truncated, corrupt or its header lies (the header claims "
+            f"{what} ({format_bytes(claimed_bytes)}), the file holds {format_bytes(max(0, available_bytes))} of voxel data)"
         )
     needed = claimed_bytes if needed_bytes is None else needed_bytes
     budget = memory_budget_bytes()
