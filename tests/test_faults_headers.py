@@ -296,3 +296,14 @@ def test_truncated_gzip_stream_is_refused(tmp_path):
     cut.write_bytes(path.read_bytes()[:-12])
     with pytest.raises(FileFormatError, match=r"cut\.nii\.gz: cannot read the file; it is truncated, corrupt"):
         read_volume(cut)
+
+
+def test_mc_samples_beyond_the_documented_limit_is_refused_before_work(tmp_path):
+    from napari_medseg.uncertainty import MAX_MC_SAMPLES
+
+    image = write_volume(Volume(np.ones((4, 8, 8), np.float32)), tmp_path / "t1.nii.gz")
+    out = tmp_path / "labels.nii.gz"
+    rc, err, _ = _medseg("predict", image, out, "--model", "brain-tissue-t1-demo", "--mc-samples", "100000000", "--no-progress")
+    assert rc == 2, err
+    assert f"--mc-samples=100000000: expected an integer from 0 (deterministic) to {MAX_MC_SAMPLES}" in err
+    assert not out.exists()
