@@ -307,3 +307,12 @@ def test_mc_samples_beyond_the_documented_limit_is_refused_before_work(tmp_path)
     assert rc == 2, err
     assert f"--mc-samples=100000000: expected an integer from 0 (deterministic) to {MAX_MC_SAMPLES}" in err
     assert not out.exists()
+
+
+def test_resampling_to_an_absurd_grid_is_refused_before_allocating():
+    from napari_medseg.errors import InvalidInputError
+    from napari_medseg.volume import resample_to_spacing
+
+    volume = Volume(np.ones((4, 4, 4), np.float32), Geometry((1e5, 1e5, 1e5)))  # a legal but enormous spacing
+    with pytest.raises(InvalidInputError, match=r"resampling to a 400000 x 400000 x 400000 grid \(z, y, x\) needs .* of memory"):
+        resample_to_spacing(volume, (1.0, 1.0, 1.0))

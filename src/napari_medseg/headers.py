@@ -38,6 +38,7 @@ __all__ = [
     "check_regular_file",
     "memory_budget_bytes",
     "check_claimed_bytes",
+    "check_allocation",
     "check_geometry_fields",
     "check_nrrd_header",
     "check_metaimage_header",
@@ -178,6 +179,21 @@ def check_claimed_bytes(
         raise InvalidInputError(
             f"{path}: the header claims {what}; reading it needs {format_bytes(needed)} of memory "
             f"but only {format_bytes(budget)} is available; refusing to read it"
+        )
+
+
+def check_allocation(n_bytes: int, *, what: str) -> None:
+    """Refuse to allocate ``n_bytes`` for ``what`` when this process cannot have that much memory.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming ``what``, the bytes needed and the bytes available.
+    """
+    budget = memory_budget_bytes()
+    if n_bytes > budget:
+        raise InvalidInputError(
+            f"{what} needs {format_bytes(n_bytes)} of memory but only {format_bytes(budget)} is available"
         )
 
 

@@ -35,7 +35,7 @@ import SimpleITK as sitk
 from napari_medseg._atomic import atomic_directory
 from napari_medseg._options import look_up_option
 from napari_medseg.errors import FileFormatError, GeometryMismatchError, InvalidInputError
-from napari_medseg.headers import check_geometry_fields, check_metaimage_header, check_nrrd_header, check_regular_file, check_sitk_claim
+from napari_medseg.headers import check_allocation, check_geometry_fields, check_metaimage_header, check_nrrd_header, check_regular_file, check_sitk_claim
 from napari_medseg.nifti import apply_nifti_fields, read_nifti, split_nifti_fields
 
 __all__ = [
@@ -853,11 +853,14 @@ def resample(
     Raises
     ------
     InvalidInputError
-        If ``interpolation`` is unknown or ``shape`` is not 3 positive integers.
+        If ``interpolation`` is unknown, ``shape`` is not 3 positive integers, or the output would
+        not fit in the memory this process can have (checked before allocating).
     """
     mode = look_up_option(interpolation, Interpolation, name="interpolation")
     if len(shape) != 3 or any(int(s) < 1 for s in shape):
         raise InvalidInputError(f"shape={shape!r}: expected 3 positive integers (z, y, x)")
+    n_out = int(np.prod([int(n) for n in shape], dtype=object)) * volume.n_components * volume.array.dtype.itemsize
+    check_allocation(n_out, what=f"resampling to a {' x '.join(str(int(n)) for n in shape)} grid (z, y, x)")
     image = to_sitk(volume)
     resampler = sitk.ResampleImageFilter()
     resampler.SetOutputSpacing(geometry.spacing)
