@@ -14,6 +14,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from napari_medseg import __version__
@@ -66,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``medseg`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # a warning is one line naming the command, like an error (not Python's file:line and source)
+    warnings.formatwarning = lambda message, category, *_a, **_k: f"medseg {args.command}: warning: {message}\n"
     try:
         result = args.func(args)
         return EXIT_OK if result is None else int(result)
