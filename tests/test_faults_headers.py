@@ -316,3 +316,18 @@ def test_resampling_to_an_absurd_grid_is_refused_before_allocating():
     volume = Volume(np.ones((4, 4, 4), np.float32), Geometry((1e5, 1e5, 1e5)))  # a legal but enormous spacing
     with pytest.raises(InvalidInputError, match=r"resampling to a 400000 x 400000 x 400000 grid \(z, y, x\) needs .* of memory"):
         resample_to_spacing(volume, (1.0, 1.0, 1.0))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"mc_samples": 10**8}, r"mc_samples=100000000: expected an integer from 0 \(deterministic\) to 1000"),
+     ({"batch_size": 10**8}, r"batch_size=100000000: expected an integer from 1 to 4096")],
+)
+def test_count_parameters_are_bounded_in_the_core(kwargs, message):
+    torch = pytest.importorskip("torch")
+    from napari_medseg.errors import InvalidInputError
+    from napari_medseg.inference import sliding_window_moments
+
+    net = torch.nn.Conv3d(1, 2, 1)
+    with pytest.raises(InvalidInputError, match=message):
+        sliding_window_moments(np.zeros((1, 8, 8, 8), np.float32), net, patch_size=(8, 8, 8), **kwargs)
