@@ -199,3 +199,14 @@ def test_fractional_scaling_reads_float32_like_nibabel(tmp_path):
     volume = read_volume(path)
     assert volume.array.dtype == np.float32
     assert np.allclose(volume.array, nib.load(path).get_fdata().transpose(2, 1, 0), atol=1e-6)
+
+
+def test_cli_prints_the_disagreement_as_one_warning_line(tmp_path, run_cli):
+    path = _make(tmp_path, 2, 1, 4)
+    proc = run_cli("info", path, "--json")
+    assert proc.stderr.splitlines() == [
+        f"medseg info: warning: {path}: the sform (sform_code 4 (mni)) and the qform (qform_code 1 (scanner)) "
+        "place voxels up to " + proc.stderr.split("place voxels up to ")[1].split(" mm")[0] + " mm apart; using the "
+        "sform, as the NIfTI standard and nibabel do"
+    ]
+    assert '"nifti_sform_code": "4"' in proc.stdout
