@@ -331,3 +331,16 @@ def test_count_parameters_are_bounded_in_the_core(kwargs, message):
     net = torch.nn.Conv3d(1, 2, 1)
     with pytest.raises(InvalidInputError, match=message):
         sliding_window_moments(np.zeros((1, 8, 8, 8), np.float32), net, patch_size=(8, 8, 8), **kwargs)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not __import__("shutil").which("setpriv"), reason="needs root and setpriv to drop capabilities")
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_unreadable_file_says_permission_denied(tmp_path, suffix):
+    path = write_volume(Volume(np.ones((2, 3, 4), np.float32)), tmp_path / f"v{suffix}")
+    path.chmod(0)
+    proc = subprocess.run(
+        ["setpriv", "--inh-caps=-all", "--bounding-set=-all", sys.executable, "-m", "napari_medseg.cli", "info", str(path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == f"medseg info: error: {path}: cannot read the file: Permission denied"

@@ -43,6 +43,7 @@ __all__ = [
     "check_nrrd_header",
     "check_metaimage_header",
     "format_bytes",
+    "unreadable",
 ]
 
 #: Smallest voxel size accepted from a header, in mm (1 nm): below it a header is corrupt.
@@ -64,6 +65,12 @@ def format_bytes(n: float) -> str:
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{int(n)} bytes"
+
+
+def unreadable(path: str | os.PathLike, exc: OSError) -> FileFormatError:
+    """The one-line error for a file the OS will not let us read (permission, I/O error), with the
+    true reason: an unreadable file is neither missing nor corrupt."""
+    return FileFormatError(f"{path}: cannot read the file: {exc.strerror or exc}")
 
 
 def check_regular_file(path: str | os.PathLike) -> os.stat_result:
@@ -90,6 +97,8 @@ def check_regular_file(path: str | os.PathLike) -> os.stat_result:
         st = os.stat(p)
     except FileNotFoundError:
         raise FileFormatError(f"{p}: file not found") from None
+    except OSError as exc:
+        raise unreadable(p, exc) from None
     mode = st.st_mode
     if stat.S_ISREG(mode):
         return st
@@ -265,8 +274,11 @@ def _fmt(values) -> str:
 # --------------------------------------------------------------------------------- text headers
 def _read_text_header(path: Path, *, end: re.Pattern[bytes]) -> tuple[bytes, int]:
     """The header bytes up to (not including) the match of ``end``, and where the data starts."""
-    with open(path, "rb") as fh:
-        head = fh.read(_MAX_TEXT_HEADER_BYTES)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_MAX_TEXT_HEADER_BYTES)
+    except OSError as exc:
+        raise unreadable(path, exc) from None
     match = end.search(head)
     if match is None:
         if len(head) >= _MAX_TEXT_HEADER_BYTES:
@@ -397,8 +409,11 @@ def check_metaimage_header(path: str | os.PathLike, file_size: int) -> None:
         (``Origin``, ``Position``) and ``TransformMatrix`` (``Rotation``, ``Orientation``).
     """
     p = Path(path)
-    with open(p, "rb") as fh:
-        head = fh.read(_MAX_TEXT_HEADER_BYTES)
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(_MAX_TEXT_HEADER_BYTES)
+    except OSError as exc:
+        raise unreadable(p, exc) from None
     # ElementDataFile is the header's last line; LOCAL data starts right after it
     tail = re.search(rb"ElementDataFile\s*=\s*([^\r\n]*)\r?\n?", head, re.IGNORECASE)
     if tail is None:

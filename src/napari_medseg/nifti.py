@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_medseg.errors import FileFormatError, InvalidInputError
-from napari_medseg.headers import check_claimed_bytes, check_geometry_fields, format_bytes
+from napari_medseg.headers import check_claimed_bytes, check_geometry_fields, format_bytes, unreadable
 
 __all__ = [
     "NiftiGeometryWarning",
@@ -129,6 +129,8 @@ def read_nifti_header(path: str | os.PathLike):
         with _open(p) as fh:
             block = fh.read(540)
     except (OSError, EOFError, zlib.error) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, gzip.BadGzipFile) and exc.errno is not None:
+            raise unreadable(p, exc) from None
         raise _corrupt(p, str(exc) or type(exc).__name__) from None
     if len(block) < 4:
         raise _corrupt(p, f"{len(block)} bytes, too short for a NIfTI header")
@@ -415,7 +417,7 @@ def read_nifti(path: str | os.PathLike, *, file_size: int):
             _read_exactly(p, fh, memoryview(buffer), offset, compressed)
     except (OSError, EOFError, zlib.error) as exc:
         if isinstance(exc, OSError) and not isinstance(exc, gzip.BadGzipFile) and exc.errno is not None:
-            raise
+            raise unreadable(p, exc) from None
         raise _corrupt(p, str(exc) or type(exc).__name__) from None
     array = buffer.view(dtype)
     if not dtype.isnative:
