@@ -56,6 +56,7 @@ __all__ = [
     "read_nifti",
     "split_nifti_fields",
     "apply_nifti_fields",
+    "write_nifti_image",
     "QFORM_KEY",
     "SFORM_KEY",
 ]
@@ -481,6 +482,49 @@ def split_nifti_fields(metadata: Mapping[str, str]) -> tuple[dict[str, str], dic
     return other, codes
 
 
+#: the codes SimpleITK writes
+_SITK_CODES = {"qform_code": 1, "sform_code": 1}
+
+
+def write_nifti_image(image, path: str | os.PathLike, codes: Mapping[str, int], *, use_compression: bool = True) -> None:
+    """Write a SimpleITK image as NIfTI with the given ``qform_code``/``sform_code``.
+
+    SimpleITK always writes codes 1, 1. When other codes must be kept, the file is written
+    uncompressed, its header patched in place (:func:`apply_nifti_fields`) and, for ``.nii.gz``,
+    compressed here (zlib level 6 for integer images, 1 for floating point). Meant for a
+    path inside a private temporary folder; no other file is left there.
+
+    Parameters
+    ----------
+    image : SimpleITK.Image
+    path : str or path-like
+        ``.nii`` or ``.nii.gz``.
+    codes : mapping
+        ``{"qform_code": int, "sform_code": int}`` (from :func:`split_nifti_fields`); may be empty.
+    use_compression : bool, default True
+        Passed to SimpleITK when no codes need keeping.
+    """
+    import SimpleITK as sitk
+
+    p = Path(path)
+    if not codes or all(_SITK_CODES.get(k) == v for k, v in codes.items()):
+        sitk.WriteImage(image, str(p), use_compression)
+        return
+    gz = p.name.lower().endswith(".gz")
+    plain = p.with_name(p.name[:-3]) if gz else p
+    sitk.WriteImage(image, str(plain), False)
+    apply_nifti_fields(plain, codes)
+    if gz:
+        # level 6 (SimpleITK's size) for integer images, whose runs compress fast; level 1 for floating
+        # point, where Python's zlib at level 6 is several times slower than SimpleITK and gains little
+        floating = image.GetPixelIDValue() in (sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64)
+        try:
+            with open(plain, "rb") as src, open(p, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1 if floating else 6, mtime=0) as dst:
+                shutil.copyfileobj(src, dst, _CHUNK)
+        finally:
+            plain.unlink(missing_ok=True)
+
+
 def apply_nifti_fields(path: str | os.PathLike, codes: Mapping[str, int]) -> None:
     """Set ``qform_code``/``sform_code`` in a NIfTI file just written (SimpleITK always writes 1, 1).
 
@@ -504,7 +548,7 @@ def apply_nifti_fields(path: str | os.PathLike, codes: Mapping[str, int]) -> Non
             os.fsync(fh.fileno())
         return
     tmp = p.with_name(p.name + ".codes")
-    with gzip.open(p, "rb") as src, open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as dst:
+    with gzip.open(p, "rb") as src, open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as dst:
         src.read(len(block))
         dst.write(block)
         shutil.copyfileobj(src, dst, _CHUNK)

@@ -36,7 +36,7 @@ from napari_medseg._atomic import atomic_directory
 from napari_medseg._options import look_up_option
 from napari_medseg.errors import FileFormatError, GeometryMismatchError, InvalidInputError
 from napari_medseg.headers import check_allocation, check_geometry_fields, check_metaimage_header, check_nrrd_header, check_regular_file, check_sitk_claim
-from napari_medseg.nifti import apply_nifti_fields, read_nifti, split_nifti_fields
+from napari_medseg.nifti import read_nifti, split_nifti_fields, write_nifti_image
 
 __all__ = [
     "Geometry",
@@ -787,9 +787,10 @@ def write_volume(
         tmp_file = tmp_dir / target.name
         use_compression = compress and not target.name.lower().endswith(".nii")
         try:
-            sitk.WriteImage(image, str(tmp_file), use_compression)
-            if fmt == VolumeFormat.NIFTI:
-                apply_nifti_fields(tmp_file, nifti_codes)  # keep qform/sform codes (SimpleITK writes 1, 1)
+            if fmt == VolumeFormat.NIFTI:  # keeps the qform/sform codes (SimpleITK alone writes 1, 1)
+                write_nifti_image(image, tmp_file, nifti_codes, use_compression=use_compression)
+            else:
+                sitk.WriteImage(image, str(tmp_file), use_compression)
         except RuntimeError as exc:
             raise InvalidInputError(f"{target}: cannot write this image in this format ({str(exc).strip().splitlines()[-1]})") from None
         # data files (.raw/.zraw of a .mhd) first, the header last
