@@ -391,6 +391,9 @@ def read_nifti(path: str | os.PathLike, *, file_size: int):
         raise FileFormatError(f"{p}: header field datatype = {int(header['datatype'])}: not a NIfTI data type ({exc})") from None
     metadata = nifti_fields(choice)
     if dtype.fields is not None or dtype.kind not in "uif" or any(n > 1 for n in full[4:]):
+        # SimpleITK reads these voxels; their claimed size is still checked against memory first
+        all_bytes = int(np.prod(full, dtype=object)) * dtype.itemsize
+        check_claimed_bytes(p, all_bytes, what=f"{' x '.join(map(str, shape))} voxels of {dtype.itemsize} bytes")
         return None, geometry, metadata
     n_voxels = int(np.prod(full[:3], dtype=object))
     claimed = n_voxels * dtype.itemsize
