@@ -12,6 +12,7 @@ import gzip
 import os
 import re
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -88,6 +89,20 @@ def _write_gzip_bomb(path: Path, header: bytes, n_zero_bytes: int) -> None:
 
 # --------------------------------------------------------------------------------- class 7: FIFOs
 @pytest.fixture
+def no_hang():
+    """In-process FIFO tests: a regression that opens the FIFO fails after 30 s instead of hanging."""
+
+    def _raise(*_):
+        raise TimeoutError("blocked on a FIFO for 30 s")
+
+    previous = signal.signal(signal.SIGALRM, _raise)
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture
 def fifo(tmp_path):
     path = tmp_path / "x.nii.gz"
     os.mkfifo(path)
@@ -126,7 +141,7 @@ def test_fifo_in_the_napari_reader_is_refused_at_once(fifo):
     assert f"refused: {fifo}: is a FIFO (named pipe)" in proc.stdout, proc.stderr
 
 
-def test_detached_header_whose_data_file_is_a_fifo_is_refused(tmp_path):
+def test_detached_header_whose_data_file_is_a_fifo_is_refused(tmp_path, no_hang):
     os.mkfifo(tmp_path / "data.raw")
     (tmp_path / "v.nhdr").write_text(
         "NRRD0004\ntype: uint8\ndimension: 3\nsizes: 4 3 2\nencoding: raw\nspacings: 1 1 1\ndata file: data.raw\n"
@@ -344,3 +359,15 @@ def test_unreadable_file_says_permission_denied(tmp_path, suffix):
     )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == f"medseg info: error: {path}: cannot read the file: Permission denied"
+
+
+def test_fifo_named_imzml_is_refused_at_once(tmp_path, no_hang):
+    from napari_medseg.registration.imzml import open_imzml
+
+    os.mkfifo(tmp_path / "maldi.imzML")
+    with pytest.raises(FileFormatError, match=r"maldi\.imzML: is a FIFO"):
+        open_imzml(tmp_path / "maldi.imzML")
+    (tmp_path / "other.imzML").write_text("<mzML/>")
+    os.mkfifo(tmp_path / "other.ibd")
+    with pytest.raises(FileFormatError, match=r"other\.ibd: is a FIFO"):
+        open_imzml(tmp_path / "other.imzML")
