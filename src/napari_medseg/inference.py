@@ -206,9 +206,15 @@ class WindowMoments:
     n_samples: int
 
 
-def _check_positive_int(value: Any, name: str) -> int:
+#: Most patches one network call takes (a larger batch only holds more patches in memory at once).
+MAX_BATCH_SIZE = 4096
+
+
+def _check_positive_int(value: Any, name: str, maximum: int = MAX_BATCH_SIZE) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise InvalidInputError(f"{name}={value!r}: expected an integer >= 1")
+    if value > maximum:
+        raise InvalidInputError(f"{name}={value!r}: expected an integer from 1 to {maximum}")
     return int(value)
 
 
@@ -255,7 +261,7 @@ def sliding_window_moments(
         The networks' dimensionality.
     overlap : float in [0, 1), default 0.25
     batch_size : int, default 1
-        Patches (3D) or slices (2D) per network call.
+        Patches (3D) or slices (2D) per network call, at most ``MAX_BATCH_SIZE`` (4096).
     mc_samples : int, default 0
         Monte-Carlo dropout samples per patch; 0 is deterministic.
     dropout_rate : float in [0, 1), optional

@@ -38,6 +38,7 @@ __all__ = [
     "UncertaintyKind",
     "mc_dropout",
     "check_mc_samples",
+    "MAX_MC_SAMPLES",
     "entropy",
     "summarize_samples",
     "summarize_moments",
@@ -58,12 +59,20 @@ class UncertaintyKind(StrEnum):
     VARIANCE = "variance"
 
 
+#: Most Monte-Carlo dropout samples a prediction takes (the uncertainty estimates settle long before).
+MAX_MC_SAMPLES = 1000
+
+
 def check_mc_samples(mc_samples: int) -> int:
-    """Return ``mc_samples`` as an int, or raise :class:`InvalidInputError` unless it is >= 0."""
+    """Return ``mc_samples`` as an int, or raise :class:`InvalidInputError` unless it is in
+    ``[0, MAX_MC_SAMPLES]`` (a count beyond it would run for days and, in the fused head path, hold
+    every sample of a patch in memory)."""
     if isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer)):
         raise InvalidInputError(f"mc_samples={mc_samples!r}: expected an integer >= 0 (0 = deterministic)")
-    if mc_samples < 0:
-        raise InvalidInputError(f"mc_samples={mc_samples!r}: expected an integer >= 0 (0 = deterministic)")
+    if mc_samples < 0 or mc_samples > MAX_MC_SAMPLES:
+        raise InvalidInputError(
+            f"mc_samples={mc_samples!r}: expected an integer from 0 (deterministic) to {MAX_MC_SAMPLES}"
+        )
     return int(mc_samples)
 
 

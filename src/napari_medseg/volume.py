@@ -34,6 +34,8 @@ import SimpleITK as sitk
 
 from napari_medseg._options import look_up_option
 from napari_medseg.errors import FileFormatError, GeometryMismatchError, InvalidInputError
+from napari_medseg.headers import check_allocation, check_geometry_fields, check_metaimage_header, check_nrrd_header, check_regular_file, check_sitk_claim
+from napari_medseg.nifti import read_nifti, split_nifti_fields, write_nifti_image
 
 __all__ = [
     "Geometry",
@@ -83,6 +85,7 @@ _NIFTI_KEYS = {
     "datatype_name", "type", "dimension", "space", "space directions", "space origin", "kinds",
     "endian", "encoding", "sizes", "modality",
 }
+_NIFTI_KEYS |= {"qfac", "dim_info", "nifti_type"}  # ITK's NIfTI reader reports these too: never carry them to NRRD/MHA
 
 
 # ----------------------------------------------------------------------------------------- geometry
@@ -382,16 +385,17 @@ def _check_nifti_complete(path: Path) -> None:
     if expected is None:
         return
     if path.name.lower().endswith(".gz"):
-        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        import gzip
+
+        # bounded: 16 MiB at a time, and no further than the header's promise (a gzip bomb stops there)
         total = 0
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 22):
-                total += len(decompressor.decompress(chunk))
-                while decompressor.unused_data and decompressor.eof:  # concatenated gzip members
-                    rest = decompressor.unused_data
-                    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                    total += len(decompressor.decompress(rest))
-        complete = decompressor.eof and total >= expected
+        try:
+            with gzip.open(path, "rb") as fh:
+                while total < expected and (chunk := fh.read(min(1 << 24, expected - total))):
+                    total += len(chunk)
+        except (EOFError, zlib.error, gzip.BadGzipFile):
+            pass
+        complete = total >= expected
         size = total
     else:
         size = path.stat().st_size
@@ -531,14 +535,26 @@ def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
         return _read_dicom_folder(p, series_uid)
     if p.is_dir():
         raise FileFormatError(f"{p}: is a folder but not a DICOM series")
+    # headers are checked before any voxel is read (napari_medseg.headers, napari_medseg.nifti)
+    file_size = check_regular_file(p).st_size
+    if fmt == VolumeFormat.NIFTI:
+        nifti_volume, nifti_geometry, nifti_metadata = read_nifti(p, file_size=file_size)
+        if nifti_volume is not None:
+            return nifti_volume
+    elif fmt in (VolumeFormat.NRRD, VolumeFormat.SEG_NRRD):
+        check_nrrd_header(p, file_size)
+    elif fmt == VolumeFormat.METAIMAGE:
+        check_metaimage_header(p, file_size)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
     try:
         reader.ReadImageInformation()
+        check_sitk_claim(p, reader)
         image = reader.Execute()
     except RuntimeError as exc:
         if fmt == VolumeFormat.NIFTI and "Unable to determine ImageIO reader" in str(exc):
-            return _read_nifti_with_nibabel(p)
+            volume = _read_nifti_with_nibabel(p)
+            return Volume(volume.array, nifti_geometry, nifti_metadata)
         raise _sitk_error(p, exc) from None
     if fmt == VolumeFormat.NIFTI:
         _check_nifti_complete(p)
@@ -546,6 +562,10 @@ def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
         volume = from_sitk(image, metadata=_kept_metadata(reader))
     except InvalidInputError as exc:
         raise InvalidInputError(f"{p}: {exc}") from None
+    if fmt == VolumeFormat.NIFTI:  # vector/RGB voxels came from SimpleITK; the geometry from the header
+        volume = Volume(volume.array, nifti_geometry, {**volume.metadata, **nifti_metadata})
+    g = volume.geometry
+    check_geometry_fields(p, spacing=g.spacing, origin=g.origin, direction=g.direction_matrix)
     if fmt == VolumeFormat.NIFTI and np.issubdtype(volume.array.dtype, np.floating):
         _restore_nifti_nans(p, volume.array)
     return volume
@@ -848,6 +868,7 @@ def _stage_volume(
     fmt = check_output_name(target, option="path")
     array = volume.array
     metadata = {k: str(v) for k, v in volume.metadata.items()}
+    metadata, nifti_codes = split_nifti_fields(metadata)  # NIfTI-only keys never reach other formats
     if fmt == VolumeFormat.DICOM:
         _check_dicom_writable(volume, target)
         folder = stage_dir(target)
@@ -903,7 +924,10 @@ def _stage_volume(
     try:
         try:
             with _quiet_c_stderr():
-                sitk.WriteImage(image, str(folder / staged_names[-1]), use_compression)
+                if fmt == VolumeFormat.NIFTI:  # keeps the qform/sform codes (SimpleITK alone writes 1, 1)
+                    write_nifti_image(image, folder / staged_names[-1], nifti_codes, use_compression=use_compression)
+                else:
+                    sitk.WriteImage(image, str(folder / staged_names[-1]), use_compression)
         except RuntimeError as exc:
             detail = str(exc).strip().splitlines()[-1]
             failure = _write_failure(target, folder, detail, array.nbytes, known_only=True)
@@ -1010,11 +1034,14 @@ def resample(
     Raises
     ------
     InvalidInputError
-        If ``interpolation`` is unknown or ``shape`` is not 3 positive integers.
+        If ``interpolation`` is unknown, ``shape`` is not 3 positive integers, or the output would
+        not fit in the memory this process can have (checked before allocating).
     """
     mode = look_up_option(interpolation, Interpolation, name="interpolation")
     if len(shape) != 3 or any(int(s) < 1 for s in shape):
         raise InvalidInputError(f"shape={shape!r}: expected 3 positive integers (z, y, x)")
+    n_out = int(np.prod([int(n) for n in shape], dtype=object)) * volume.n_components * volume.array.dtype.itemsize
+    check_allocation(n_out, what=f"resampling to a {' x '.join(str(int(n)) for n in shape)} grid (z, y, x)")
     image = to_sitk(volume)
     resampler = sitk.ResampleImageFilter()
     resampler.SetOutputSpacing(geometry.spacing)

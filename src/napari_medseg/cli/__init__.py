@@ -16,6 +16,7 @@ import contextlib
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from napari_medseg import __version__
@@ -68,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``medseg`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # a warning is one line naming the command, like an error (not Python's file:line and source)
+    warnings.formatwarning = lambda message, category, *_a, **_k: f"medseg {args.command}: warning: {message}\n"
     try:
         result = args.func(args)
         sys.stdout.flush()  # a closed pipe (medseg info --json X | head -c1) surfaces here

@@ -149,7 +149,7 @@ def _predict(args: argparse.Namespace, *, cancel, progress, show_progress: bool)
     try:
         check_mc_samples(args.mc_samples)
     except Exception as exc:
-        raise UsageError(f"--mc-samples={args.mc_samples}: expected an integer >= 0 (0 = deterministic)") from exc
+        raise UsageError(f"--mc-samples={args.mc_samples}: {str(exc).split(': ', 1)[-1]}") from exc
     if args.dropout is not None:
         check_dropout_rate(args.dropout, name="--dropout")
     if args.overlap is not None:

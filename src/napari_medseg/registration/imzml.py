@@ -84,9 +84,13 @@ def open_imzml(path: str | os.PathLike) -> ImzML:
     InvalidInputError
         If pyimzML is not installed.
     """
+    from napari_medseg.headers import check_regular_file
+
     p = Path(path)
-    if not p.exists():
-        raise FileFormatError(f"{p}: file not found")
+    check_regular_file(p)  # a FIFO or device would block the parser forever
+    for ibd in {p.with_suffix(".ibd"), p.with_suffix(".IBD")}:
+        if os.path.lexists(ibd):
+            check_regular_file(ibd)
     parser_cls = _parser_class()
     try:
         with warnings.catch_warnings():
