@@ -109,6 +109,7 @@ class _FileHeader:
     enhanced: bool
     frames: tuple[_Frame, ...]
     slice_spacing: float | None  # SpacingBetweenSlices, else SliceThickness
+    n_frames: int = 1
 
 
 def _number(value: Any, default: float | None = None) -> float | None:
@@ -125,6 +126,14 @@ def _floats(value: Any, n: int) -> tuple[float, ...] | None:
     except (TypeError, ValueError):
         return None
     return out if len(out) == n and all(math.isfinite(v) for v in out) else None
+
+
+def _ints(value: Any) -> tuple[int, ...]:
+    """A multi-valued integer attribute as a tuple (pydicom gives a single value as a plain int)."""
+    if value is None or value == "":
+        return ()
+    values = value if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(value, str) else [value]
+    return tuple(int(v) for v in values)
 
 
 def _first(sequence_owner: Any, name: str) -> Any:
@@ -194,9 +203,7 @@ def _header_facts(path: Path, ds: Any) -> _FileHeader | None:
         for index, group in enumerate(ds.PerFrameFunctionalGroupsSequence):
             content = _first(group, "FrameContentSequence")
             temporal_index = _number(content.get("TemporalPositionIndex"), 0.0) if content is not None else 0.0
-            dims = tuple(int(v) for v in (content.get("DimensionIndexValues") or [])) if content is not None else ()
-            if isinstance(content.get("DimensionIndexValues") if content is not None else None, int):
-                dims = (int(content.DimensionIndexValues),)
+            dims = _ints(content.get("DimensionIndexValues")) if content is not None else ()
             frame_spacing = _number(_functional(group, shared, "PixelMeasuresSequence", "SpacingBetweenSlices")) or _number(
                 _functional(group, shared, "PixelMeasuresSequence", "SliceThickness")
             )
@@ -220,7 +227,7 @@ def _header_facts(path: Path, ds: Any) -> _FileHeader | None:
                 None,
                 _floats(ds.get("ImagePositionPatient"), 3),
                 _floats(ds.get("ImageOrientationPatient"), 6),
-                _floats(ds.get("PixelSpacing"), 2),
+                _floats(ds.get("PixelSpacing"), 2) or _floats(ds.get("ImagerPixelSpacing"), 2),
                 rows,
                 columns,
                 (temporal, (), acquisition, instance, str(path), 0),
@@ -238,6 +245,7 @@ def _header_facts(path: Path, ds: Any) -> _FileHeader | None:
         enhanced=enhanced,
         frames=tuple(frames),
         slice_spacing=spacing,
+        n_frames=int(_number(ds.get("NumberOfFrames"), 1) or 1),
     )
 
 
@@ -487,6 +495,14 @@ def _plan(headers: Sequence[_FileHeader], kind: str) -> _Plan:
         return _plan_mosaic(headers)
     frames = [f for h in headers for f in h.frames]
     where = headers[0].path.parent if len({h.path.parent for h in headers}) == 1 else Path(os.path.commonpath([str(h.path) for h in headers]))
+    multi = [h for h in headers if h.n_frames > 1 and not h.enhanced]
+    if multi:
+        raise SeriesIntegrityError(
+            f"{where}: {_names([multi[0].frames[0]], 1)} holds {multi[0].n_frames} frames without per-frame "
+            "positions (a cine or ultrasound loop?); it cannot be placed as a volume"
+        )
+    if len(frames) == 1:
+        frames = _unplaced_single_frame(frames)
     _check_same(frames, where)
     row = np.asarray(frames[0].orientation[:3])
     col = np.asarray(frames[0].orientation[3:])
@@ -560,6 +576,21 @@ def _plan(headers: Sequence[_FileHeader], kind: str) -> _Plan:
     return _Plan(kind, geometry, tuple(tuple(v) for v in volumes), (n_slices, frames[0].rows, frames[0].columns))
 
 
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{float(v):.5g}" for v in values) + ")"
+
+
+def _unplaced_single_frame(frames: Sequence[_Frame]) -> list[_Frame]:
+    """A lone projection image (CR, DX, secondary capture) without a position: placed at the origin, axial."""
+    f = frames[0]
+    return [
+        _Frame(
+            f.path, f.frame, f.position or (0.0, 0.0, 0.0), f.orientation or (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+            f.pixel_spacing or (1.0, 1.0), f.rows, f.columns, f.order,
+        )
+    ]
+
+
 def _check_same(frames: Sequence[_Frame], where: Path) -> None:
     for attribute, label in (("position", "ImagePositionPatient"), ("orientation", "ImageOrientationPatient"), ("pixel_spacing", "PixelSpacing")):
         missing = [f for f in frames if getattr(f, attribute) is None]
@@ -576,20 +607,24 @@ def _check_same(frames: Sequence[_Frame], where: Path) -> None:
     if other:
         raise SeriesIntegrityError(
             f"{where}: mixed orientations in one series: {_names([frames[0]], 1)} has ImageOrientationPatient "
-            f"{tuple(round(v, 5) for v in ref)}, {_names(other)} {tuple(round(v, 5) for v in other[0].orientation)} "
+            f"{_fmt(ref)}, {_names(other)} {_fmt(other[0].orientation)} "
             "(a localizer?)"
         )
     spacing = np.asarray(frames[0].pixel_spacing)
     other = [f for f in frames if not np.allclose(f.pixel_spacing, spacing, rtol=0, atol=1e-4)]
     if other:
         raise SeriesIntegrityError(
-            f"{where}: mixed PixelSpacing in one series: {tuple(spacing)} in {_names([frames[0]], 1)}, "
-            f"{other[0].pixel_spacing} in {_names(other)}"
+            f"{where}: mixed PixelSpacing in one series: {_fmt(spacing)} in {_names([frames[0]], 1)}, "
+            f"{_fmt(other[0].pixel_spacing)} in {_names(other)}"
         )
 
 
 def _mosaic_wrapper(ds: Any, path: Path):
-    from nibabel.nicom import csareader, dicomwrappers
+    import warnings
+
+    with warnings.catch_warnings():  # nibabel calls its DICOM readers experimental; we use the mosaic part only
+        warnings.simplefilter("ignore", UserWarning)
+        from nibabel.nicom import csareader, dicomwrappers
 
     try:
         csa = csareader.get_csa_header(ds, "image")
