@@ -290,36 +290,48 @@ def test_list_series_finds_series_in_subfolders(tmp_path):
         read_dicom(study, series_number=9)
 
 
-def test_cli_info_lists_series_and_commands_take_the_choice(tmp_path, run_cli):
+def _cli(capsys, *args, rc=0):
+    """``medseg`` in this process (the same ``main`` the console script runs): (stdout, stderr)."""
+    from napari_medseg.cli import main
+
+    capsys.readouterr()
+    assert main([str(a) for a in args]) == rc
+    captured = capsys.readouterr()
+    return captured.out, captured.err
+
+
+def test_cli_info_lists_series_and_commands_take_the_choice(tmp_path, capsys):
     study, data = _study(tmp_path)
-    listing = json.loads(run_cli("info", study, "--json").stdout)["series"]
+    listing = json.loads(_cli(capsys, "info", study, "--json")[0])["series"]
     assert [(s["number"], s["description"], s["modality"], s["shape"], s["volumes"], s["n_files"]) for s in listing] == [
         (3, "T1 MPRAGE", "MR", [4, 10, 8], 1, 4),
         (5, "DWI", "MR", [3, 10, 8], 2, 6),
     ]
-    table = run_cli("info", study).stdout
+    table = _cli(capsys, "info", study)[0]
     assert "T1 MPRAGE" in table and "DWI" in table and listing[0]["uid"] in table
     # no silent choice: a command refuses, listing the series
-    proc = run_cli("convert", study, tmp_path / "x.nii.gz", check_rc=2)
-    assert "holds 2 series" in proc.stderr and "T1 MPRAGE" in proc.stderr and "--series-uid" in proc.stderr
+    err = _cli(capsys, "convert", study, tmp_path / "x.nii.gz", rc=2)[1]
+    assert "holds 2 series" in err and "T1 MPRAGE" in err and "--series-uid" in err
     assert not (tmp_path / "x.nii.gz").exists()
-    run_cli("convert", study, tmp_path / "t1.nii.gz", "--series-number", "3")
+    _cli(capsys, "convert", study, tmp_path / "t1.nii.gz", "--series-number", "3")
     assert np.array_equal(read_volume(tmp_path / "t1.nii.gz").array, data["t1"])
     # 4D: info and convert take the series; a 3D operation needs --volume
-    info = json.loads(run_cli("info", study, "--series-uid", listing[1]["uid"], "--json").stdout)
+    info = json.loads(_cli(capsys, "info", study, "--series-uid", listing[1]["uid"], "--json")[0])
     assert info["volumes"] == 2 and info["shape"] == [3, 10, 8]
-    run_cli("convert", study, tmp_path / "dwi.nii.gz", "--series-number", "5")
+    _cli(capsys, "convert", study, tmp_path / "dwi.nii.gz", "--series-number", "5")
     image = nib.load(str(tmp_path / "dwi.nii.gz"))
     assert image.header["dim"][0] == 4 and image.header["dim"][4] == 2
     assert np.array_equal(np.asanyarray(image.dataobj).transpose(3, 2, 1, 0), data["dwi"])
     geometry = read_dicom(study, series_number=5).geometry
     assert np.allclose(np.diag([-1, -1, 1, 1]) @ geometry.index_to_physical(), image.affine, atol=1e-4)
-    run_cli("convert", study, tmp_path / "dwi1.nrrd", "--series-number", "5", "--volume", "1")
+    _cli(capsys, "convert", study, tmp_path / "dwi1.nrrd", "--series-number", "5", "--volume", "1")
     assert np.array_equal(read_volume(tmp_path / "dwi1.nrrd").array, data["dwi"][1])
-    proc = run_cli("postprocess", study, tmp_path / "p.nii.gz", "--series-number", "5", "--fill-holes", check_rc=2)
-    assert "4D with 2 volumes; choose one with --volume K" in proc.stderr
-    proc = run_cli("convert", study, tmp_path / "dwi_dicom", "--series-number", "5", check_rc=2)
-    assert "--volume" in proc.stderr and not (tmp_path / "dwi_dicom").exists()
+    err = _cli(capsys, "postprocess", study, tmp_path / "p.nii.gz", "--series-number", "5", "--fill-holes", rc=2)[1]
+    assert "4D with 2 volumes; choose one with --volume K" in err
+    err = _cli(capsys, "convert", study, tmp_path / "dwi_dicom", "--series-number", "5", rc=2)[1]
+    assert "--volume" in err and not (tmp_path / "dwi_dicom").exists()
+    err = _cli(capsys, "convert", tmp_path / "t1.nii.gz", tmp_path / "y.nrrd", "--volume", "1", rc=2)[1]
+    assert "holds a single 3D volume" in err
 
 
 def test_cli_refuses_a_broken_series_with_exit_2(tmp_path, run_cli):

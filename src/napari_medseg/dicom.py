@@ -19,7 +19,7 @@ and direction, mm, LPS; see :mod:`napari_medseg.volume`):
   position and by TemporalPositionIndex / DimensionIndexValues; one file per volume or per series.
 
 What is refused (:class:`SeriesIntegrityError`, exit code 2 in the CLI, naming the files): a
-missing slice (a gap over 1.5 times the median step), uneven spacing (a slice more than
+missing slice (a gap over 1.5 times the regular step: the median, or the smallest step when it is at least half the median), uneven spacing (a slice more than
 :data:`POSITION_TOLERANCE_MM` off a regular grid), a duplicate position that is not a multi-volume
 pattern, mixed orientations, sizes or pixel spacings, CT gantry tilt (slice positions not along the
 normal), a folder holding several series when none is chosen (:class:`AmbiguousSeriesError`, which
@@ -54,6 +54,7 @@ __all__ = [
     "find_series",
     "series_files",
     "series_datasets",
+    "read_series",
     "read_dicom",
     "read_dicom_volume",
     "is_dicom_file",
@@ -539,13 +540,15 @@ def _plan(headers: Sequence[_FileHeader], kind: str) -> _Plan:
     if n_slices > 1:
         steps = np.diff(centres)
         median = float(np.median(steps))
+        # with few slices the median is one of two steps; the smallest step is then the reference
+        reference = float(steps.min()) if steps.min() >= 0.5 * median else median
         big = int(np.argmax(steps))
-        if steps[big] > _GAP_FACTOR * median:
+        if steps[big] > _GAP_FACTOR * reference:
             before, after = frames[groups[big][0]], frames[groups[big + 1][0]]
             raise SeriesIntegrityError(
                 f"{where}: missing slice: a gap of {steps[big]:.4g} mm between {before.path.name} "
                 f"({centres[big]:.4f} mm) and {after.path.name} ({centres[big + 1]:.4f} mm) along the slice normal, "
-                f"where the median step is {median:.4g} mm"
+                f"where the regular step is {reference:.4g} mm"
             )
         step = float((centres[-1] - centres[0]) / (n_slices - 1))
         off_grid = np.abs(centres - (centres[0] + step * np.arange(n_slices)))
@@ -796,6 +799,37 @@ def _chosen(path: Path, series_uid: str | None, series_number: int | None) -> tu
     return info, _plan(info._headers, info.kind)
 
 
+def read_series(info: SeriesInfo, *, volume: int | None = None) -> Volume | MultiVolume:
+    """Read a series found by :func:`list_series` (no second folder scan).
+
+    Parameters
+    ----------
+    info : SeriesInfo
+        One entry of :func:`list_series`.
+    volume : int, optional
+        Read only this 0-based volume (a 3D :class:`Volume`); by default the whole series.
+
+    Raises
+    ------
+    SeriesIntegrityError
+        If the series has a ``problem``.
+    """
+    if info.problem:
+        raise SeriesIntegrityError(info.problem)
+    plan = _plan(info._headers, info.kind)
+    metadata = _metadata(info, plan)
+    if volume is not None:
+        k = _check_volume_index(volume, plan.n_volumes, info.uid)
+        [array] = _read_plan(plan, info, [k])
+        if plan.n_volumes > 1:
+            metadata["dicom_volume"] = str(k)
+        return Volume(array, plan.geometry, metadata)
+    arrays = _read_plan(plan, info, range(plan.n_volumes))
+    if plan.n_volumes == 1:
+        return Volume(arrays[0], plan.geometry, metadata)
+    return MultiVolume(np.stack(arrays), plan.geometry, metadata)
+
+
 def read_dicom(
     path: str | os.PathLike, *, series_uid: str | None = None, series_number: int | None = None
 ) -> Volume | MultiVolume:
@@ -819,13 +853,7 @@ def read_dicom(
     FileFormatError, AmbiguousSeriesError, SeriesIntegrityError, InvalidInputError
         See the module docstring for what is refused.
     """
-    p = Path(path)
-    info, plan = _chosen(p, series_uid, series_number)
-    arrays = _read_plan(plan, info, range(plan.n_volumes))
-    metadata = _metadata(info, plan)
-    if plan.n_volumes == 1:
-        return Volume(arrays[0], plan.geometry, metadata)
-    return MultiVolume(np.stack(arrays), plan.geometry, metadata)
+    return read_series(find_series(path, series_uid=series_uid, series_number=series_number))
 
 
 def read_dicom_volume(
@@ -849,20 +877,15 @@ def read_dicom_volume(
         the ``--volume`` option), or ``volume`` is out of range; and as :func:`read_dicom`.
     """
     p = Path(path)
-    info, plan = _chosen(p, series_uid, series_number)
+    info = find_series(p, series_uid=series_uid, series_number=series_number)
     if volume is None:
-        if plan.n_volumes > 1:
+        if info.n_volumes and info.n_volumes > 1:
             raise InvalidInputError(
-                f"{p}: series {info.number if info.number is not None else info.uid} is 4D with {plan.n_volumes} volumes; "
-                f"choose one with --volume K (0-based, 0..{plan.n_volumes - 1})"
+                f"{p}: series {info.number if info.number is not None else info.uid} is 4D with {info.n_volumes} volumes; "
+                f"choose one with --volume K (0-based, 0..{info.n_volumes - 1})"
             )
         volume = 0
-    k = _check_volume_index(volume, plan.n_volumes, p)
-    [array] = _read_plan(plan, info, [k])
-    metadata = _metadata(info, plan)
-    if plan.n_volumes > 1:
-        metadata["dicom_volume"] = str(k)
-    return Volume(array, plan.geometry, metadata)
+    return read_series(info, volume=volume)
 
 
 def series_files(
