@@ -268,7 +268,8 @@ def assert_matches_nifti(array_tzyx: np.ndarray, geometry, nifti_path: Path, *, 
     error = np.abs(world_ours - world_theirs).max()
     assert error < atol_mm, f"voxels {error:.4g} mm from dcm2niix's"
     assert (j >= 0).all() and (j < np.array(theirs.shape[:3])[:, None]).all(), "grids do not overlap"
-    assert sorted(set(map(tuple, j.T))) == sorted(set(map(tuple, np.indices(theirs.shape[:3]).reshape(3, -1).T))), "not the same grid"
+    linear = np.ravel_multi_index(tuple(j), theirs.shape[:3])
+    assert len(linear) == int(np.prod(theirs.shape[:3])) and len(np.unique(linear)) == len(linear), "not the same grid"
     for t in range(ours.shape[0]):
         mine = ours[t].transpose(2, 1, 0)[idx[:, 0], idx[:, 1], idx[:, 2]]
         other = theirs[j[0], j[1], j[2], t]
