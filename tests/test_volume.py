@@ -182,7 +182,7 @@ def test_dicom_series_round_trip_sorted_by_position(tmp_path):
     assert back.geometry.isclose(volume.geometry, atol=1e-5)
 
 
-def test_dicom_folder_with_two_series_picks_largest_or_named(tmp_path):
+def test_dicom_folder_with_two_series_is_refused_unless_named(tmp_path):
     big = _random_volume(np.int16, shape=(5, 8, 8), seed=1)
     small = _random_volume(np.int16, shape=(3, 8, 8), seed=2)
     a, b = write_volume(big, tmp_path / "a"), write_volume(small, tmp_path / "b")
@@ -191,11 +191,15 @@ def test_dicom_folder_with_two_series_picks_largest_or_named(tmp_path):
     for src in (a, b):
         for f in src.iterdir():
             shutil.copy(f, mixed / f"{src.name}_{f.name}")
-    chosen = read_volume(mixed)
-    assert np.array_equal(chosen.array, big.array)
     small_uid = read_volume(b).metadata["dicom_series_uid"]
+    big_uid = read_volume(a).metadata["dicom_series_uid"]
+    # never silently the largest: the error lists both series
+    with pytest.raises(InvalidInputError, match="holds 2 series") as excinfo:
+        read_volume(mixed)
+    assert small_uid in str(excinfo.value) and big_uid in str(excinfo.value)
     assert np.array_equal(read_volume(mixed, series_uid=small_uid).array, small.array)
-    with pytest.raises(FileFormatError, match="no series with SeriesInstanceUID"):
+    assert np.array_equal(read_volume(mixed, series_uid=big_uid).array, big.array)
+    with pytest.raises(InvalidInputError, match="no series with SeriesInstanceUID"):
         read_volume(mixed, series_uid="1.2.3")
 
 

@@ -461,31 +461,10 @@ def _keeps_locale(function):
 
 
 def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ()
-    if not series_ids:
-        raise FileFormatError(f"{folder}: no DICOM series found in this folder")
-    files_by_series = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid) for uid in series_ids}
-    if series_uid is not None:
-        if series_uid not in files_by_series:
-            raise FileFormatError(
-                f"{folder}: no series with SeriesInstanceUID {series_uid!r}; found {', '.join(series_ids)}"
-            )
-        uid = series_uid
-    else:
-        uid = max(series_ids, key=lambda s: len(files_by_series[s]))
-    reader = sitk.ImageSeriesReader()
-    # GDCM sorts the files by their position along the slice normal
-    reader.SetFileNames(files_by_series[uid])
-    reader.MetaDataDictionaryArrayUpdateOn()
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        raise _sitk_error(folder, exc) from None
-    metadata = {"dicom_series_uid": uid, "dicom_n_files": str(len(files_by_series[uid]))}
-    for tag, name in (("0008|0060", "dicom_modality"), ("0008|103e", "dicom_series_description")):
-        if reader.HasMetaDataKey(0, tag):
-            metadata[name] = reader.GetMetaData(0, tag).strip()
-    return from_sitk(image, metadata=metadata)
+    # scanner series (mosaic, multi-volume, enhanced, integrity checks) live in napari_medseg.dicom
+    from napari_medseg.dicom import read_dicom_volume
+
+    return read_dicom_volume(folder, series_uid=series_uid)
 
 
 def _check_readable(p: Path) -> None:
@@ -512,8 +491,8 @@ def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
     path : str or path-like
         A file of a supported format, or a folder of DICOM files.
     series_uid : str, optional
-        For a DICOM folder holding several series, the SeriesInstanceUID to read. By default the
-        series with the most files is read.
+        For a DICOM folder holding several series, the SeriesInstanceUID to read (required then;
+        see :mod:`napari_medseg.dicom` for series numbers, 4D series and what is refused).
 
     Returns
     -------
@@ -531,7 +510,7 @@ def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
     p = Path(path)
     _check_readable(p)
     fmt = volume_format(p)
-    if fmt == VolumeFormat.DICOM and p.is_dir():
+    if fmt == VolumeFormat.DICOM:
         return _read_dicom_folder(p, series_uid)
     if p.is_dir():
         raise FileFormatError(f"{p}: is a folder but not a DICOM series")

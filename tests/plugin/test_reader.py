@@ -164,3 +164,27 @@ def test_invalid_imzml_mz_environment(tmp_path, monkeypatch, notifications):
     monkeypatch.setenv("MEDSEG_IMZML_MZ", "abc")
     assert _read(path) == [(None,)]
     assert any("MEDSEG_IMZML_MZ='abc'" in m for m, _ in notifications)
+
+
+def test_dicom_study_gives_one_layer_per_series_and_4d_layers(tmp_path, make_napari_viewer, notifications):
+    from dicom_builders import ORIENTATIONS, write_series
+
+    rng = np.random.default_rng(0)
+    t1 = rng.integers(0, 500, (4, 10, 8)).astype(np.int16)
+    dwi = rng.integers(0, 500, (3, 5, 10, 8)).astype(np.int16)
+    study = tmp_path / "study"
+    write_series(study / "p" / "t1", t1, number=2, description="T1")
+    write_series(study / "p" / "dwi", dwi, number=4, description="DWI", orientation=ORIENTATIONS["axial_hfp"])
+    write_series(study / "p" / "gap", t1, number=6, description="broken", skip=(1,))
+    layers = _read(study)
+    assert [kwargs["name"] for _, kwargs, _ in layers] == ["T1 (#2)", "DWI (#4)"]
+    (t1_data, t1_kwargs, _), (dwi_data, dwi_kwargs, kind) = layers
+    assert np.array_equal(t1_data, t1) and t1_kwargs["scale"] == pytest.approx((2.0, 0.8, 0.9))
+    assert kind == "image" and dwi_data.shape == (3, 5, 10, 8) and np.array_equal(dwi_data, dwi)
+    assert dwi_kwargs["axis_labels"] == ("volume", "z", "y", "x") and dwi_kwargs["scale"][0] == 1.0
+    assert np.allclose(np.diag(dwi_kwargs["rotate"]), (1, 1, -1, -1))  # HFP: x and y flipped, z along the normal
+    assert any(s == "error" and "broken" in m and "missing slice" in m for m, s in notifications)
+    viewer = make_napari_viewer()
+    viewer.open(str(study), plugin="napari-medseg")
+    assert [layer.name for layer in viewer.layers] == ["T1 (#2)", "DWI (#4)"]
+    assert viewer.layers["DWI (#4)"].data.ndim == 4 and viewer.dims.ndim == 4

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+
+from napari_medseg.cli._inputs import add_input_options, read_input
 import json
 
 _DESCRIPTION = """\
@@ -36,6 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("input", metavar="IN", help="label map (integer values): file or DICOM folder")
     parser.add_argument("output", metavar="OUT", help="output label map; the extension picks the format")
+    add_input_options(parser)
     parser.add_argument("--labels", metavar="L1,L2", help="apply the flag steps to these labels only (default all)")
     parser.add_argument("--opening-mm", type=float, metavar="R", help="opening radius in mm")
     parser.add_argument("--closing-mm", type=float, metavar="R", help="closing radius in mm")
@@ -69,7 +72,7 @@ def _summary(before: dict[int, int], after: dict[int, int], voxel_mm3: float) ->
 def run_postprocess(args: argparse.Namespace) -> None:
     from napari_medseg.cli import UsageError, parse_labels
     from napari_medseg.postprocess import PostprocessChain, chain_from_options, label_voxel_counts, postprocess
-    from napari_medseg.volume import read_labels, write_volume
+    from napari_medseg.volume import write_volume
 
     flags = {
         "--opening-mm": args.opening_mm,
@@ -108,7 +111,7 @@ def run_postprocess(args: argparse.Namespace) -> None:
     from napari_medseg.outputs import check_outputs
 
     check_outputs({"OUT": args.output}, {"IN": args.input, "--chain": args.chain})
-    volume = read_labels(args.input)
+    volume = read_input(args, args.input, labels=True)
     before = label_voxel_counts(volume.array)
     result = postprocess(volume, chain)
     after = label_voxel_counts(result.array)

@@ -8,6 +8,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from napari_medseg.cli._inputs import add_input_options, read_input
+
 _DESCRIPTION = """\
 Segment IN with one model (or an ensemble: repeat --model) and write the label map OUT with exactly
 IN's geometry (shape, spacing, origin, direction). The input is reoriented, resampled and
@@ -41,6 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("input", metavar="IN", nargs="+", help="input volume file or DICOM folder; several for multi-channel models, in the card's channel order")
     parser.add_argument("output", metavar="OUT", help="output label map; the extension picks the format")
+    add_input_options(parser)
     parser.add_argument("--model", action="append", required=True, metavar="NAME", help="registry name or model folder; repeat for an ensemble")
     parser.add_argument("--device", default="auto", choices=_DEVICES, help="where the network runs (default auto)")
     parser.add_argument("--overlap", type=float, metavar="F", help="patch overlap in [0, 1) (default: the card's, usually 0.25)")
@@ -158,9 +161,9 @@ def _predict(args: argparse.Namespace, *, cancel, progress, show_progress: bool)
         _check_positive_int(args.batch_size, "--batch-size")
     resolve_device(args.device)
     from napari_medseg.inference import CardMismatchWarning, predict
-    from napari_medseg.volume import read_volume
+    from napari_medseg.volume import write_volume
 
-    volumes = [read_volume(path) for path in args.input]
+    volumes = [read_input(args, path) for path in args.input]
     _check_output_shape(output, volumes[0])
     card = models[0].card
     label_values = card.label_values

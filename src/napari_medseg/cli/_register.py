@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+
+from napari_medseg.cli._inputs import add_input_options, read_input
 import json
 import sys
 
@@ -20,6 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "moving image with the fixed image's geometry. 'medseg register apply' applies a saved field to other "
         "images. Exit codes: 0 ok, 2 bad input, 130 cancelled.",
     )
+    add_input_options(reg)
     reg.add_argument("--fixed", metavar="F", help="reference image (any format medseg reads, or .imzML with --mz)")
     reg.add_argument("--moving", metavar="M", help="target image to deform (any format, or .imzML with --mz)")
     reg.add_argument("--out", metavar="WARPED", help="output: the warped moving image on the fixed grid")
@@ -58,6 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     apply.add_argument("--field", required=True, metavar="F", help="displacement field from 'medseg register --field'")
     apply.add_argument("input", metavar="IN", help="image, label map or .imzML file in the moving space")
     apply.add_argument("output", metavar="OUT", help="output file")
+    add_input_options(apply)
     apply.add_argument("--nearest", action="store_true", help="nearest-neighbour interpolation (label maps)")
     apply.add_argument("--mz", help="imzML: comma-separated m/z values")
     atol = apply.add_mutually_exclusive_group()
@@ -78,7 +82,6 @@ def _tolerances(args) -> dict:
 
 def _read_image(path: str, args, option: str):
     from napari_medseg.registration.imzml import ion_image, is_imzml
-    from napari_medseg.volume import read_volume
 
     if is_imzml(path):
         if args.mz is None:
@@ -86,7 +89,7 @@ def _read_image(path: str, args, option: str):
 
             raise UsageError(f"{option} {path} is an imzML file: give --mz VALUE and --tolerance-ppm P")
         return ion_image(path, args.mz, tic_normalize=args.tic, **_tolerances(args))
-    return read_volume(path)
+    return read_input(args, path)
 
 
 def run_register(args: argparse.Namespace) -> None:
@@ -199,7 +202,7 @@ def run_apply(args: argparse.Namespace) -> None:
     else:
         if args.mz or args.all_mz:
             raise UsageError("--mz and --all-mz only apply to .imzML inputs")
-        image = read_volume(args.input)
+        image = read_input(args, args.input)
     warped = apply_field(image, field, nearest=args.nearest)
     if not isinstance(warped, Volume):  # pragma: no cover - defensive
         raise UsageError("internal: apply_field did not return a Volume")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from napari_medseg.cli._inputs import add_input_options, read_input
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     info = subparsers.add_parser(
@@ -13,8 +15,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Print the shape, dtype, spacing, origin, direction and orientation code of an image "
         "file or DICOM folder. Spacing, origin and direction are in SimpleITK's (x, y, z) order, mm, LPS.",
     )
-    info.add_argument("input", metavar="IN", help="image file or DICOM folder")
-    info.add_argument("--series-uid", help="DICOM folder: SeriesInstanceUID to read (default: the largest series)")
+    info.add_argument("input", metavar="IN", help="image file or DICOM folder (a folder of several series lists them)")
+    add_input_options(info)
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(func=run_info)
 
@@ -27,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     convert.add_argument("input", metavar="IN", help="image file or DICOM folder")
     convert.add_argument("output", metavar="OUT", help="output file (or folder, for DICOM)")
-    convert.add_argument("--series-uid", help="DICOM folder: SeriesInstanceUID to read (default: the largest series)")
+    add_input_options(convert)
     convert.add_argument("--labels", action="store_true", help="treat the input as a label map (checks integer values)")
     convert.set_defaults(func=run_convert)
 
@@ -55,6 +57,7 @@ def volume_info(volume, path: str) -> dict:
         "oblique": volume.geometry.is_oblique,
         "min": float(np.min(array)) if array.size else None,
         "max": float(np.max(array)) if array.size else None,
+        "volumes": getattr(volume, "n_volumes", 1),
     }
     if volume.metadata:
         info["metadata"] = dict(volume.metadata)
@@ -62,9 +65,16 @@ def volume_info(volume, path: str) -> dict:
 
 
 def run_info(args: argparse.Namespace) -> None:
-    from napari_medseg.volume import read_volume
+    from pathlib import Path
 
-    volume = read_volume(args.input, series_uid=args.series_uid)
+    if Path(args.input).is_dir() and args.series_uid is None and args.series_number is None:
+        from napari_medseg.dicom import list_series
+
+        found = list_series(args.input)
+        if len(found) > 1:
+            _print_series(args, found)
+            return
+    volume = read_input(args, args.input, allow_4d=True)
     info = volume_info(volume, args.input)
     if args.json:
         print(json.dumps(info))
@@ -79,7 +89,7 @@ def run_info(args: argparse.Namespace) -> None:
         "origin": "origin (x, y, z) mm",
         "direction": "direction (row-major)",
     }
-    for key in ("shape", "components", "dtype", "spacing", "origin", "direction", "orientation", "oblique", "min", "max"):
+    for key in ("shape", "volumes", "components", "dtype", "spacing", "origin", "direction", "orientation", "oblique", "min", "max"):
         value = info[key]
         if isinstance(value, list):
             value = ", ".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in value)
@@ -87,16 +97,39 @@ def run_info(args: argparse.Namespace) -> None:
     Console().print(table)
 
 
-def run_convert(args: argparse.Namespace) -> None:
-    from napari_medseg.volume import read_labels, read_volume, write_volume
+def _print_series(args: argparse.Namespace, found) -> None:
+    """``medseg info`` on a folder of several DICOM series: one row per series."""
+    if args.json:
+        print(json.dumps({"path": str(args.input), "series": [s.to_dict() for s in found]}))
+        return
+    from rich.console import Console
+    from rich.table import Table
 
+    table = Table(title=f"{args.input}: {len(found)} series (choose one with --series-uid or --series-number)")
+    for column in ("number", "description", "modality", "size (z, y, x)", "volumes", "files", "uid", "problem"):
+        table.add_column(column)
+    for s in found:
+        table.add_row(
+            str(s.number), s.description, s.modality, " x ".join(map(str, s.shape)) if s.shape else "-",
+            str(s.n_volumes or "-"), str(len(s.files)), s.uid, s.problem or "",
+        )
+    Console(width=200).print(table)
+
+
+def run_convert(args: argparse.Namespace) -> None:
+    from napari_medseg.multivolume import MultiVolume, write_multivolume
     from napari_medseg.outputs import check_outputs
+    from napari_medseg.volume import write_volume
 
     check_outputs({"OUT": args.output}, {"IN": args.input})
-    read = read_labels if args.labels else read_volume
-    volume = read(args.input, series_uid=args.series_uid)
-    out = write_volume(volume, args.output)
-    print(f"wrote {out} ({' x '.join(map(str, volume.shape))}, {volume.array.dtype}, {volume.geometry.describe()})")
+    volume = read_input(args, args.input, labels=args.labels, allow_4d=True)
+    if isinstance(volume, MultiVolume):
+        out = write_multivolume(volume, args.output)
+        shape = f"{volume.n_volumes} volumes of {' x '.join(map(str, volume.shape))}"
+    else:
+        out = write_volume(volume, args.output)
+        shape = " x ".join(map(str, volume.shape))
+    print(f"wrote {out} ({shape}, {volume.array.dtype}, {volume.geometry.describe()})")
 
 
 def run_sample_data(args: argparse.Namespace) -> None:

@@ -14,8 +14,12 @@ Image or labels:
   ``annotation`` as a word of the name) becomes a Labels layer;
 - everything else is an Image layer (multi-component volumes become one layer per component).
 
-DICOM: a folder is read as its largest series; a single ``.dcm`` file opens the series it
-belongs to in its folder.
+DICOM (read by :mod:`napari_medseg.dicom`, as dcm2niix does): a folder (series may sit in
+subfolders) gives one layer per series, named by its series description (or number); a series
+that cannot be read as a regular grid (a gap, a duplicate, tilt ...) gives an error notification
+naming it and the other series still open. A 4D series (DWI, fMRI, several mosaic files) becomes
+one 4D layer ``(volume, z, y, x)`` with a volume slider. A single ``.dcm`` file opens the series
+it belongs to in its folder.
 
 imzML: a reader cannot ask for an m/z, so it returns the total-ion-current (TIC) image plus one
 ion image per m/z. The m/z values come from the environment variable ``MEDSEG_IMZML_MZ``
@@ -42,7 +46,9 @@ from typing import Any
 import numpy as np
 
 from napari_medseg.errors import MedsegError
+from napari_medseg.multivolume import MultiVolume
 from napari_medseg.plugin._layers import (
+    HEADER_KEY,
     geometry_notice,
     image_layer_data,
     label_style,
@@ -76,13 +82,17 @@ def _is_dicom_file(path: Path) -> bool:
         return False
 
 
-def _is_dicom_folder(path: Path) -> bool:
-    """A folder holding at least one DICOM file among its first entries (cheap: no series scan)."""
+def _is_dicom_folder(path: Path, depth: int = 3) -> bool:
+    """A folder holding a DICOM file among its first entries, or in its first subfolders (cheap: no series scan)."""
     try:
-        entries = sorted(p for p in path.iterdir() if p.is_file())[:20]
+        entries = sorted(path.iterdir())[:40]
     except OSError:
         return False
-    return any(p.name.lower().endswith(".dcm") or _is_dicom_file(p) for p in entries)
+    files = [p for p in entries if p.is_file()][:20]
+    if any(p.name.lower().endswith(".dcm") or _is_dicom_file(p) for p in files):
+        return True
+    folders = [p for p in entries if p.is_dir() and not p.name.startswith(".")][:10]
+    return depth > 0 and any(_is_dicom_folder(p, depth - 1) for p in folders)
 
 
 def _readable(path: str | os.PathLike) -> bool:
@@ -135,11 +145,14 @@ def _looks_like_labels(path: Path, volume: Volume) -> bool:
 
 
 def _volume_layers(path: Path) -> list[LayerData]:
-    if path.is_file() and path.name.lower().endswith(".dcm"):
-        volume = _read_dicom_file_series(path)
-    else:
-        volume = read_volume(path)
-    name = layer_name(path)
+    if path.is_dir() or (path.is_file() and path.name.lower().endswith(".dcm")):
+        return _dicom_layers(path)
+    return _layers_of(path, read_volume(path), layer_name(path))
+
+
+def _layers_of(path: Path, volume, name: str) -> list[LayerData]:
+    if isinstance(volume, MultiVolume):
+        return [_multivolume_layer(volume, name)]
     if _looks_like_labels(path, volume):
         try:
             array = as_label_array(volume.array, name=str(path))
@@ -155,25 +168,52 @@ def _volume_layers(path: Path) -> list[LayerData]:
     return [image_layer_data(volume, name=name)]
 
 
-def _read_dicom_file_series(path: Path) -> Volume:
-    """The series a single DICOM file belongs to, read from its folder."""
-    import SimpleITK as sitk
+def _multivolume_layer(series: MultiVolume, name: str) -> LayerData:
+    """One 4D image layer ``(volume, z, y, x)``: the spatial axes placed as a 3D volume's are."""
+    _, kwargs, kind = image_layer_data(series.volume(0), name=name)
+    kwargs["metadata"][HEADER_KEY] = {str(k): str(v) for k, v in series.metadata.items()}
+    rotate = np.eye(4)
+    rotate[1:, 1:] = kwargs["rotate"]
+    kwargs.update(
+        scale=(1.0, *kwargs["scale"]),
+        translate=(0.0, *kwargs["translate"]),
+        rotate=rotate,
+        units=("pixel", *kwargs["units"]),
+        axis_labels=("volume", *kwargs["axis_labels"]),
+    )
+    _notify_geometry(series, name)
+    return series.array, kwargs, kind
 
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    uid = None
-    try:
-        reader.ReadImageInformation()
-        if reader.HasMetaDataKey("0020|000e"):
-            uid = reader.GetMetaData("0020|000e").strip().rstrip("\x00")
-    except RuntimeError:
-        uid = None
-    if uid:
-        try:
-            return read_volume(path.parent, series_uid=uid)
-        except MedsegError:
-            pass
-    return read_volume(path)
+
+def _series_name(info, path: Path, several: bool) -> str:
+    base = info.description or (f"series {info.number}" if info.number is not None else layer_name(path))
+    return f"{base} (#{info.number})" if several and info.number is not None else base
+
+
+def _dicom_layers(path: Path) -> list[LayerData]:
+    """One layer per series of a DICOM folder, or the series a single DICOM file belongs to."""
+    from napari_medseg.dicom import list_series, read_series
+
+    if path.is_file():
+        alone = list_series(path)
+        if not alone:
+            raise MedsegError(f"{path}: not a DICOM image file")
+        in_folder = [s for s in list_series(path.parent) if s.uid == alone[0].uid and not s.problem]
+        info = in_folder[0] if in_folder else alone[0]
+        return _layers_of(path, read_series(info), layer_name(path))
+    found = list_series(path)
+    if not found:
+        raise MedsegError(f"{path}: no DICOM series found in this folder or its subfolders")
+    layers: list[LayerData] = []
+    problems = [info.describe() for info in found if info.problem]
+    for info in found:
+        if not info.problem:
+            layers.extend(_layers_of(path, read_series(info), _series_name(info, path, len(found) > 1)))
+    if problems:
+        from napari.utils.notifications import show_error
+
+        show_error(f"MedSeg could not open {len(problems)} of {len(found)} series in {path}: " + "; ".join(problems))
+    return layers
 
 
 def _notify_geometry(volume: Volume, name: str) -> None:
