@@ -34,6 +34,7 @@ import SimpleITK as sitk
 
 from napari_medseg._atomic import atomic_directory
 from napari_medseg._options import look_up_option
+from napari_medseg.dicom_tags import dicom_metadata, filter_metadata
 from napari_medseg.errors import FileFormatError, GeometryMismatchError, InvalidInputError
 
 __all__ = [
@@ -430,13 +431,14 @@ def _read_nifti_with_nibabel(path: Path) -> Volume:
     return Volume(np.ascontiguousarray(data.transpose(2, 1, 0)), geometry)
 
 
-def _kept_metadata(image: sitk.Image | sitk.ImageFileReader) -> dict[str, str]:
+def _kept_metadata(image: sitk.Image | sitk.ImageFileReader, *, keep_dicom_tags: bool = False) -> dict[str, str]:
     kept = {}
     for key in image.GetMetaDataKeys():
         if key.startswith(_FORMAT_KEY_PREFIXES) or key in _NIFTI_KEYS:
             continue
         kept[key] = image.GetMetaData(key)
-    return kept
+    # DICOM attributes (a single .dcm file, or a header that carries them): the allow-list only
+    return filter_metadata(kept, keep_dicom_tags=keep_dicom_tags)
 
 
 def _keeps_locale(function):
@@ -457,7 +459,7 @@ def _keeps_locale(function):
     return wrapper
 
 
-def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
+def _read_dicom_folder(folder: Path, series_uid: str | None, *, keep_dicom_tags: bool = False) -> Volume:
     series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ()
     if not series_ids:
         raise FileFormatError(f"{folder}: no DICOM series found in this folder")
@@ -478,15 +480,19 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
         image = reader.Execute()
     except RuntimeError as exc:
         raise _sitk_error(folder, exc) from None
-    metadata = {"dicom_series_uid": uid, "dicom_n_files": str(len(files_by_series[uid]))}
-    for tag, name in (("0008|0060", "dicom_modality"), ("0008|103e", "dicom_series_description")):
-        if reader.HasMetaDataKey(0, tag):
-            metadata[name] = reader.GetMetaData(0, tag).strip()
+    metadata = {"dicom_n_files": str(len(files_by_series[uid]))}
+    if reader.HasMetaDataKey(0, "0008|0060"):
+        metadata["dicom_modality"] = reader.GetMetaData(0, "0008|0060").strip()
+    # the first slice's attributes that may reach an output (napari_medseg.dicom_tags)
+    first = {key: reader.GetMetaData(0, key) for key in reader.GetMetaDataKeys(0)}
+    metadata.update(dicom_metadata(first, keep_dicom_tags=keep_dicom_tags))
+    if keep_dicom_tags:
+        metadata["dicom_series_uid"] = uid
     return from_sitk(image, metadata=metadata)
 
 
 @_keeps_locale
-def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Volume:
+def read_volume(path: str | os.PathLike, *, series_uid: str | None = None, keep_dicom_tags: bool = False) -> Volume:
     """Read an image file or a DICOM folder into a :class:`Volume`.
 
     Parameters
@@ -496,6 +502,9 @@ def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
     series_uid : str, optional
         For a DICOM folder holding several series, the SeriesInstanceUID to read. By default the
         series with the most files is read.
+    keep_dicom_tags : bool, default False
+        Keep every DICOM attribute in the metadata, patient-identifying ones included. By default
+        only the allow-list of :mod:`napari_medseg.dicom_tags` is kept.
 
     Returns
     -------
@@ -513,9 +522,13 @@ def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
     p = Path(path)
     if not p.exists():
         raise FileFormatError(f"{p}: file not found")
+    from napari_medseg import dicom_seg
+
+    if p.is_file() and dicom_seg.is_dicom_seg(p):  # a DICOM Segmentation: a label map with segment names
+        return dicom_seg.read_dicom_seg(p)
     fmt = volume_format(p)
     if fmt == VolumeFormat.DICOM and p.is_dir():
-        return _read_dicom_folder(p, series_uid)
+        return _read_dicom_folder(p, series_uid, keep_dicom_tags=keep_dicom_tags)
     if p.is_dir():
         raise FileFormatError(f"{p}: is a folder but not a DICOM series")
     reader = sitk.ImageFileReader()
@@ -530,7 +543,7 @@ def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
     if fmt == VolumeFormat.NIFTI:
         _check_nifti_complete(p)
     try:
-        volume = from_sitk(image, metadata=_kept_metadata(reader))
+        volume = from_sitk(image, metadata=_kept_metadata(reader, keep_dicom_tags=keep_dicom_tags))
     except InvalidInputError as exc:
         raise InvalidInputError(f"{p}: {exc}") from None
     if fmt == VolumeFormat.NIFTI and np.issubdtype(volume.array.dtype, np.floating):
@@ -591,7 +604,7 @@ def as_label_array(array: np.ndarray, *, name: str = "labels") -> np.ndarray:
 
 
 @_keeps_locale
-def read_labels(path: str | os.PathLike, *, series_uid: str | None = None) -> Volume:
+def read_labels(path: str | os.PathLike, *, series_uid: str | None = None, keep_dicom_tags: bool = False) -> Volume:
     """Read a label map: like :func:`read_volume`, then check values are non-negative integers.
 
     Returns
@@ -605,7 +618,7 @@ def read_labels(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
         As :func:`read_volume`; also if the values are not non-negative integers (the message
         names the file).
     """
-    volume = read_volume(path, series_uid=series_uid)
+    volume = read_volume(path, series_uid=series_uid, keep_dicom_tags=keep_dicom_tags)
     array = as_label_array(volume.array, name=str(path))
     return Volume(array, volume.geometry, volume.metadata)
 
@@ -706,6 +719,7 @@ def write_volume(
     compress: bool = True,
     label_names: Mapping[int, str] | None = None,
     label_colors: Mapping[int, tuple[float, float, float]] | None = None,
+    keep_dicom_tags: bool = False,
 ) -> Path:
     """Write ``volume`` to ``path`` atomically, keeping its geometry and metadata.
 
@@ -721,6 +735,9 @@ def write_volume(
     label_names, label_colors : mapping, optional
         For ``.seg.nrrd``: segment name and RGB colour (0-1) per label value, so 3D Slicer shows
         named segments.
+    keep_dicom_tags : bool, default False
+        Write every DICOM attribute of the metadata into the header; by default those not on the
+        allow-list of :mod:`napari_medseg.dicom_tags` (patient name, IDs, dates...) are dropped.
 
     Returns
     -------
@@ -738,7 +755,7 @@ def write_volume(
     target = Path(path)
     fmt = volume_format(target)
     array = volume.array
-    metadata = {k: str(v) for k, v in volume.metadata.items()}
+    metadata = filter_metadata(volume.metadata, keep_dicom_tags=keep_dicom_tags)
     if fmt == VolumeFormat.DICOM:
         _check_dicom_writable(volume, target)
         with atomic_directory(target) as tmp:
