@@ -129,6 +129,9 @@ def _predict(args: argparse.Namespace, *, cancel, progress, show_progress: bool)
             outputs.append(Path(extra))
     if len({p.resolve() for p in outputs}) != len(outputs):
         raise UsageError("OUT, --probabilities and --uncertainty must be different files")
+    from napari_medseg.cli._dicom_seg import check_predict_seg, predict_seg_reference, write_predicted_seg
+
+    seg_reference = predict_seg_reference(args.input, output)  # OUT.dcm from a DICOM folder: a DICOM SEG
     chain = None
     if _postprocess_requested(args):
         from napari_medseg.postprocess import chain_from_options
@@ -160,6 +163,7 @@ def _predict(args: argparse.Namespace, *, cancel, progress, show_progress: bool)
     resolve_device(args.device)
     models = [load_model(name) for name in args.model]
     volumes = [read_volume(path) for path in args.input]
+    seg_source = check_predict_seg(seg_reference, volumes[0])
     card = models[0].card
     label_values = card.label_values
     label_names = [card.labels[v].name for v in label_values]
@@ -216,6 +220,9 @@ def _predict(args: argparse.Namespace, *, cancel, progress, show_progress: bool)
 
             raise CancelledError("prediction was cancelled before its outputs were written")
         meta = {**volume.metadata, **header}
+        if seg_source is not None and path == output:
+            write_predicted_seg(volume, seg_source, output, card, provenance)
+            continue
         extra = {} if not str(path).lower().endswith(".seg.nrrd") else kwargs
         write_volume(volume.derive(volume.array, metadata=meta), path, **extra)
     write_text_atomic(Path(str(output) + ".json"), json.dumps(provenance, indent=2, sort_keys=True) + "\n")

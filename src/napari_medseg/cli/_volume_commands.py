@@ -29,6 +29,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("output", metavar="OUT", help="output file (or folder, for DICOM)")
     convert.add_argument("--series-uid", help="DICOM folder: SeriesInstanceUID to read (default: the largest series)")
     convert.add_argument("--labels", action="store_true", help="treat the input as a label map (checks integer values)")
+    convert.add_argument(
+        "--reference", metavar="DICOM_FOLDER",
+        help="write a DICOM Segmentation: OUT must end in .dcm and IN be a label map on the grid of a series in "
+        "DICOM_FOLDER (the SEG references that series; segment names and colours from IN's segment fields)",
+    )
+    convert.add_argument(
+        "--keep-dicom-tags", action="store_true",
+        help="copy every DICOM attribute of IN into OUT's header, patient name, ID and dates included "
+        "(default: only the allow-list of napari_medseg.dicom_tags, see docs/dicom.md)",
+    )
     convert.set_defaults(func=run_convert)
 
     sample = subparsers.add_parser(
@@ -90,9 +100,15 @@ def run_info(args: argparse.Namespace) -> None:
 def run_convert(args: argparse.Namespace) -> None:
     from napari_medseg.volume import read_labels, read_volume, write_volume
 
+    if args.reference is not None or str(args.output).lower().endswith(".dcm"):
+        from napari_medseg.cli._dicom_seg import convert_to_dicom_seg, dicom_seg_output
+
+        if dicom_seg_output(args.input, args.output, reference=args.reference, labels=args.labels):
+            convert_to_dicom_seg(args)
+            return
     read = read_labels if args.labels else read_volume
-    volume = read(args.input, series_uid=args.series_uid)
-    out = write_volume(volume, args.output)
+    volume = read(args.input, series_uid=args.series_uid, keep_dicom_tags=args.keep_dicom_tags)
+    out = write_volume(volume, args.output, keep_dicom_tags=args.keep_dicom_tags)
     print(f"wrote {out} ({' x '.join(map(str, volume.shape))}, {volume.array.dtype}, {volume.geometry.describe()})")
 
 

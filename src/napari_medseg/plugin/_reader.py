@@ -15,7 +15,8 @@ Image or labels:
 - everything else is an Image layer (multi-component volumes become one layer per component).
 
 DICOM: a folder is read as its largest series; a single ``.dcm`` file opens the series it
-belongs to in its folder.
+belongs to in its folder; a DICOM Segmentation (SEG) file becomes a Labels layer with its segment
+names and colours.
 
 imzML: a reader cannot ask for an m/z, so it returns the total-ion-current (TIC) image plus one
 ion image per m/z. The m/z values come from the environment variable ``MEDSEG_IMZML_MZ``
@@ -41,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_medseg.dicom_seg import is_dicom_seg
 from napari_medseg.errors import MedsegError
 from napari_medseg.plugin._layers import (
     geometry_notice,
@@ -135,7 +137,7 @@ def _looks_like_labels(path: Path, volume: Volume) -> bool:
 
 
 def _volume_layers(path: Path) -> list[LayerData]:
-    if path.is_file() and path.name.lower().endswith(".dcm"):
+    if path.is_file() and path.name.lower().endswith(".dcm") and not is_dicom_seg(path):
         volume = _read_dicom_file_series(path)
     else:
         volume = read_volume(path)
