@@ -203,7 +203,7 @@ def find_source_series(
     for uid, datasets in by_series.items():
         try:
             series = _series_grid(uid, datasets, root)
-            _slice_order(series, geometry, shape)
+            _on_source_grid(Volume(np.zeros(shape, np.uint8), geometry), series)
         except (GeometryMismatchError, InvalidInputError) as exc:
             problems.append(f"series {uid}: {exc}")
             continue
@@ -248,8 +248,8 @@ def _on_source_grid(labels: Volume, series: SourceSeries) -> Volume:
             _slice_order(series, oriented.geometry, oriented.shape)
         except GeometryMismatchError:
             raise GeometryMismatchError(
-                f"the label map is not on the grid of DICOM series {series.series_uid} in {series.folder}: {first} "
-                "(a DICOM SEG must lie on its source series' grid; predict on that series, or resample the labels onto it)"
+                f"{first} (a DICOM SEG must lie on its source series' grid: predict on that series, or resample the "
+                "labels onto it)"
             ) from None
         return oriented
 
