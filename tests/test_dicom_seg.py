@@ -225,11 +225,11 @@ def test_demo_model_seg_opens_in_highdicom_and_our_reader_with_identical_labels(
     from napari_medseg.volume import reorient
 
     lps = reorient(t1, "LPS")
-    z0 = lps.shape[0] // 2 - 20
-    sub = np.ascontiguousarray(lps.array[z0:z0 + 40, 20:-20, 15:-15])
+    z0, y0, x0 = lps.shape[0] // 2 - 20, lps.shape[1] // 2 - 75, lps.shape[2] // 2 - 75  # one 2D patch per slice
+    sub = np.ascontiguousarray(lps.array[z0:z0 + 40, y0:y0 + 150, x0:x0 + 150])
     sub = np.clip(np.round(sub), -32768, 32767).astype(np.int16) if np.issubdtype(sub.dtype, np.floating) else sub.astype(np.int16)
     g = lps.geometry
-    origin = np.asarray(g.origin) + g.direction_matrix @ (np.array([15, 20, z0]) * np.asarray(g.spacing))
+    origin = np.asarray(g.origin) + g.direction_matrix @ (np.array([x0, y0, z0]) * np.asarray(g.spacing))
     folder = write_series(tmp_path / "t1", sub, spacing_xyz=g.spacing, origin=tuple(origin),
                           direction=g.direction_matrix, modality="MR")
     seg_out, nii_out = tmp_path / "brain.dcm", tmp_path / "brain.nii.gz"

@@ -758,8 +758,8 @@ def write_volume(
     metadata = filter_metadata(volume.metadata, keep_dicom_tags=keep_dicom_tags)
     if fmt == VolumeFormat.DICOM:
         _check_dicom_writable(volume, target)
-        with atomic_directory(target) as tmp:
-            _write_dicom_series(volume, tmp)
+        with atomic_directory(target) as tmp:  # the filtered header: no identifying tag is copied
+            _write_dicom_series(Volume(volume.array, volume.geometry, metadata), tmp)
         return target
     if fmt == VolumeFormat.SEG_NRRD:
         array = as_label_array(array, name=str(target))
