@@ -214,6 +214,7 @@ def test_predict_to_dcm_from_a_non_dicom_input_is_refused(capsys, tmp_path, tiny
     assert rc == 2 and "DICOM SEG" in err and not (tmp_path / "out.dcm").exists()
 
 
+@pytest.mark.slow
 def test_demo_model_seg_opens_in_highdicom_and_our_reader_with_identical_labels(capsys, tmp_path):
     """A DICOM SEG written from the shipped demo model, on a 40-slice DICOM series of the demo volume."""
     pytest.importorskip("torch").set_num_threads(2)
@@ -232,17 +233,36 @@ def test_demo_model_seg_opens_in_highdicom_and_our_reader_with_identical_labels(
     origin = np.asarray(g.origin) + g.direction_matrix @ (np.array([x0, y0, z0]) * np.asarray(g.spacing))
     folder = write_series(tmp_path / "t1", sub, spacing_xyz=g.spacing, origin=tuple(origin),
                           direction=g.direction_matrix, modality="MR")
-    seg_out, nii_out = tmp_path / "brain.dcm", tmp_path / "brain.nii.gz"
-    for out in (seg_out, nii_out):
-        rc, _, err = _main(capsys, "predict", folder, out, "--model", "brain-tissue-t1-demo", "--no-progress")
-        assert rc == 0, err
-    ours, nifti = read_labels(seg_out), read_labels(nii_out)
-    np.testing.assert_array_equal(ours.array, nifti.array)
-    assert ours.geometry.isclose(nifti.geometry, atol=1e-4)
-    assert (nifti.array == 1).sum() > 1000 and (nifti.array == 2).sum() > 1000
-    seg = hd.seg.segread(seg_out)
-    volume = seg.get_volume(combine_segments=True)
-    assert sorted(np.unique(volume.array)) == [0, 1, 2]
+    seg_out = tmp_path / "brain.dcm"
+    rc, _, err = _main(capsys, "predict", folder, seg_out, "--model", "brain-tissue-t1-demo", "--no-progress")
+    assert rc == 0, err
+    ours, source = read_labels(seg_out), read_volume(folder)
+    assert ours.geometry.isclose(source.geometry, atol=1e-4) and ours.shape == source.shape == (40, 150, 150)
+    assert (ours.array == 1).sum() > 1000 and (ours.array == 2).sum() > 1000
+    # highdicom, frame by frame against the source instances in slice order: the same labels
+    ds, seg = _check_seg_file(seg_out, folder, ours.array, {1: "grey matter", 2: "white matter"})
     grey = seg.get_segment_description(1)
-    assert grey.segment_label == "grey matter" and grey.segmented_property_type.value == "389081007"
-    assert (volume.array == 2).sum() == (nifti.array == 2).sum()
+    assert grey.segmented_property_type.value == "389081007"  # the card's SNOMED CT code
+    assert grey.segmented_property_category.meaning == "Anatomical Structure"
+    algorithm = ds.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmName == "brain-tissue-t1-demo"
+    from napari_medseg.registry import load_model
+
+    assert load_model("brain-tissue-t1-demo").sha256 in algorithm.AlgorithmParameters
+
+
+def test_multi_volume_series_is_refused_for_seg(capsys, tmp_path):
+    """Two volumes sharing one SeriesInstanceUID at the same positions (DWI, fMRI): no SEG, exit 2."""
+    import shutil
+
+    image, labels = phantom()
+    a = write_series(tmp_path / "a", image, series_uid="1.2.826.0.1.3680043.8.498.1")
+    b = write_series(tmp_path / "b", image + 1, series_uid="1.2.826.0.1.3680043.8.498.1")
+    both = tmp_path / "both"
+    both.mkdir()
+    for src in (a, b):
+        for f in src.iterdir():
+            shutil.copy(f, both / f"{src.name}_{f.name}")
+    lab = write_volume(Volume(labels, read_volume(a).geometry), tmp_path / "labels.nii.gz")
+    rc, _, err = _main(capsys, "convert", lab, tmp_path / "x.dcm", "--reference", both)
+    assert rc == 2 and "12 instances at 6 positions" in err and not (tmp_path / "x.dcm").exists()

@@ -144,8 +144,17 @@ def _series_grid(uid: str, datasets: list, folder: Path) -> SourceSeries:
     iop = np.array([float(v) for v in datasets[0].ImageOrientationPatient])
     row, col = iop[:3], iop[3:]
     normal = np.cross(row, col)
+    for ds in datasets:
+        if not np.allclose([float(v) for v in ds.ImageOrientationPatient], iop, atol=1e-4):
+            raise InvalidInputError(f"{folder}: series {uid} mixes slice orientations ({Path(ds.filename).name}); DICOM SEG output needs one volume")
     datasets = sorted(datasets, key=lambda ds: float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])))
     positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
+    distinct = len({tuple(np.round(p, 3)) for p in positions})
+    if distinct != len(datasets):
+        raise InvalidInputError(
+            f"{folder}: series {uid} has {len(datasets)} instances at {distinct} positions (several volumes or "
+            "duplicates); DICOM SEG output needs a single-volume series"
+        )
     pixel = [float(v) for v in datasets[0].PixelSpacing]
     dz = float(np.linalg.norm(positions[1] - positions[0])) if len(datasets) > 1 else float(
         getattr(datasets[0], "SpacingBetweenSlices", 0) or getattr(datasets[0], "SliceThickness", 1) or 1
