@@ -9,8 +9,11 @@ array order, which is what array functions (``metrics``, ``postprocess``, ``regi
 
 Supported formats (chosen by extension): NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``,
 ``.nhdr``; ``.seg.nrrd`` is read as a label map and written with Slicer segment fields), MetaImage
-(``.mha``, ``.mhd``), DICOM (a folder holding one or more series, or a single ``.dcm`` file) and 2D
-images (``.png``, ``.tif``, ``.tiff``, ``.jpg``, ``.bmp``) read as single-slice volumes.
+(``.mha``, ``.mhd``), DICOM (a folder holding one or more series, or a single ``.dcm`` file; a
+DICOM Segmentation file, whatever its name, is read as a label map by :mod:`napari_medseg.dicom_seg`)
+and 2D images (``.png``, ``.tif``, ``.tiff``, ``.jpg``, ``.bmp``) read as single-slice volumes.
+DICOM attributes reach a Volume's metadata, and any written header, only through the allow-list
+of :mod:`napari_medseg.dicom_tags` unless ``keep_dicom_tags=True``.
 Writing is atomic: the file is written under a temporary name in the target folder and renamed.
 """
 
