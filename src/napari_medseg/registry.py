@@ -201,11 +201,21 @@ class ChannelSpec(_Spec):
     modality: str = Field(min_length=1, description="e.g. 'CT', 'MR', 'T1', 'FLAIR'")
 
 
+class CodeSpec(_Spec):
+    """A coded concept as DICOM writes it, e.g. ``{scheme: SCT, value: "389081007", meaning: Gray Matter}``."""
+
+    scheme: str = Field(min_length=1, description="coding scheme designator: SCT, DCM, FMA, ...")
+    value: str = Field(min_length=1)
+    meaning: str = Field(min_length=1)
+
+
 class LabelSpec(_Spec):
-    """One output label."""
+    """One output label; ``category`` and ``type`` are the DICOM SEG segmented property codes."""
 
     name: str = Field(min_length=1)
     color: tuple[_Unit, _Unit, _Unit] = Field(description="RGB, each in [0, 1]")
+    category: CodeSpec | None = Field(None, description="segmented property category, e.g. SCT 91723000 Anatomical Structure")
+    type: CodeSpec | None = Field(None, description="segmented property type, e.g. SCT 389081007 Gray Matter")
 
 
 class NormalizationSpec(_Spec):

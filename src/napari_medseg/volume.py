@@ -13,6 +13,9 @@ Supported formats (chosen by extension): NIfTI (``.nii``, ``.nii.gz``), NRRD (``
 images (``.png``, ``.tif``, ``.tiff``, ``.jpg``, ``.bmp``) read as single-slice volumes.
 Writing is atomic and verified: the file is written under a temporary name in the target folder,
 checked complete and renamed (see :func:`write_volume` and :mod:`napari_medseg.outputs`).
+DICOM Segmentation files, whatever their name, are read as label maps by
+:mod:`napari_medseg.dicom_seg`. DICOM attributes reach a written header only through the
+allow-list of :mod:`napari_medseg.dicom_tags` unless ``keep_dicom_tags=True``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from napari_medseg._options import look_up_option
+from napari_medseg.dicom_tags import dicom_metadata, filter_metadata
 from napari_medseg.errors import FileFormatError, GeometryMismatchError, InvalidInputError
 from napari_medseg.headers import check_allocation, check_geometry_fields, check_metaimage_header, check_nrrd_header, check_regular_file, check_sitk_claim
 from napari_medseg.nifti import read_nifti, split_nifti_fields, write_nifti_image
@@ -433,13 +437,14 @@ def _read_nifti_with_nibabel(path: Path) -> Volume:
     return Volume(np.ascontiguousarray(data.transpose(2, 1, 0)), geometry)
 
 
-def _kept_metadata(image: sitk.Image | sitk.ImageFileReader) -> dict[str, str]:
+def _kept_metadata(image: sitk.Image | sitk.ImageFileReader, *, keep_dicom_tags: bool = False) -> dict[str, str]:
     kept = {}
     for key in image.GetMetaDataKeys():
         if key.startswith(_FORMAT_KEY_PREFIXES) or key in _NIFTI_KEYS:
             continue
         kept[key] = image.GetMetaData(key)
-    return kept
+    # DICOM attributes (a single .dcm file, or a header that carries them): the allow-list only
+    return filter_metadata(kept, keep_dicom_tags=keep_dicom_tags)
 
 
 def _keeps_locale(function):
@@ -460,11 +465,18 @@ def _keeps_locale(function):
     return wrapper
 
 
-def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
+def _read_dicom_folder(folder: Path, series_uid: str | None, *, keep_dicom_tags: bool = False) -> Volume:
     # scanner series (mosaic, multi-volume, enhanced, integrity checks) live in napari_medseg.dicom
-    from napari_medseg.dicom import read_dicom_volume
+    from napari_medseg.dicom import find_series, read_dicom_volume
 
-    return read_dicom_volume(folder, series_uid=series_uid)
+    volume = read_dicom_volume(folder, series_uid=series_uid)
+    if keep_dicom_tags:  # asked for explicitly: every attribute of the series' first file
+        import pydicom
+
+        first = find_series(folder, series_uid=series_uid).files[0]
+        tags = dicom_metadata(pydicom.dcmread(first, stop_before_pixels=True), keep_dicom_tags=True)
+        volume = Volume(volume.array, volume.geometry, {**volume.metadata, **tags})
+    return volume
 
 
 def _check_readable(p: Path) -> None:
@@ -483,7 +495,7 @@ def _check_readable(p: Path) -> None:
 
 
 @_keeps_locale
-def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Volume:
+def read_volume(path: str | os.PathLike, *, series_uid: str | None = None, keep_dicom_tags: bool = False) -> Volume:
     """Read an image file or a DICOM folder into a :class:`Volume`.
 
     Parameters
@@ -493,6 +505,9 @@ def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
     series_uid : str, optional
         For a DICOM folder holding several series, the SeriesInstanceUID to read (required then;
         see :mod:`napari_medseg.dicom` for series numbers, 4D series and what is refused).
+    keep_dicom_tags : bool, default False
+        Keep every DICOM attribute in the metadata, patient-identifying ones included. By default
+        only the allow-list of :mod:`napari_medseg.dicom_tags` is kept.
 
     Returns
     -------
@@ -508,10 +523,15 @@ def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
         If the image is 4D (or more) where a 3D volume is needed.
     """
     p = Path(path)
+    p = Path(path)
     _check_readable(p)
+    from napari_medseg import dicom_seg
+
+    if p.is_file() and dicom_seg.is_dicom_seg(p):  # a DICOM Segmentation: a label map with segment names
+        return dicom_seg.read_dicom_seg(p)
     fmt = volume_format(p)
     if fmt == VolumeFormat.DICOM:
-        return _read_dicom_folder(p, series_uid)
+        return _read_dicom_folder(p, series_uid, keep_dicom_tags=keep_dicom_tags)
     if p.is_dir():
         raise FileFormatError(f"{p}: is a folder but not a DICOM series")
     # headers are checked before any voxel is read (napari_medseg.headers, napari_medseg.nifti)
@@ -538,7 +558,7 @@ def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
     if fmt == VolumeFormat.NIFTI:
         _check_nifti_complete(p)
     try:
-        volume = from_sitk(image, metadata=_kept_metadata(reader))
+        volume = from_sitk(image, metadata=_kept_metadata(reader, keep_dicom_tags=keep_dicom_tags))
     except InvalidInputError as exc:
         raise InvalidInputError(f"{p}: {exc}") from None
     if fmt == VolumeFormat.NIFTI:  # vector/RGB voxels came from SimpleITK; the geometry from the header
@@ -603,7 +623,7 @@ def as_label_array(array: np.ndarray, *, name: str = "labels") -> np.ndarray:
 
 
 @_keeps_locale
-def read_labels(path: str | os.PathLike, *, series_uid: str | None = None) -> Volume:
+def read_labels(path: str | os.PathLike, *, series_uid: str | None = None, keep_dicom_tags: bool = False) -> Volume:
     """Read a label map: like :func:`read_volume`, then check values are non-negative integers.
 
     Returns
@@ -617,7 +637,7 @@ def read_labels(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
         As :func:`read_volume`; also if the values are not non-negative integers (the message
         names the file).
     """
-    volume = read_volume(path, series_uid=series_uid)
+    volume = read_volume(path, series_uid=series_uid, keep_dicom_tags=keep_dicom_tags)
     array = as_label_array(volume.array, name=str(path))
     return Volume(array, volume.geometry, volume.metadata)
 
@@ -718,6 +738,7 @@ def write_volume(
     compress: bool = True,
     label_names: Mapping[int, str] | None = None,
     label_colors: Mapping[int, tuple[float, float, float]] | None = None,
+    keep_dicom_tags: bool = False,
 ) -> Path:
     """Write ``volume`` to exactly ``path``, atomically and verified, keeping geometry and metadata.
 
@@ -738,6 +759,9 @@ def write_volume(
     label_names, label_colors : mapping, optional
         For ``.seg.nrrd``: segment name and RGB colour (0-1) per label value, so 3D Slicer shows
         named segments.
+    keep_dicom_tags : bool, default False
+        Write every DICOM attribute of the metadata into the header; by default those not on the
+        allow-list of :mod:`napari_medseg.dicom_tags` (patient name, IDs, dates...) are dropped.
 
     Returns
     -------
@@ -762,7 +786,9 @@ def write_volume(
 
     target = Path(path)
     check_output_name(target, option="path")
-    folder, moves = _stage_volume(volume, target, compress=compress, label_names=label_names, label_colors=label_colors)
+    folder, moves = _stage_volume(
+        volume, target, compress=compress, label_names=label_names, label_colors=label_colors, keep_dicom_tags=keep_dicom_tags
+    )
     try:
         commit(moves, cleanup=[folder])
     except BaseException:
@@ -834,6 +860,7 @@ def _stage_volume(
     compress: bool = True,
     label_names: Mapping[int, str] | None = None,
     label_colors: Mapping[int, tuple[float, float, float]] | None = None,
+    keep_dicom_tags: bool = False,
 ) -> tuple[Path, list[tuple[Path, Path]]]:
     """Write ``volume`` for ``path`` into a new staging folder beside it and verify it.
 
@@ -846,14 +873,15 @@ def _stage_volume(
     target = Path(path)
     fmt = check_output_name(target, option="path")
     array = volume.array
-    metadata = {k: str(v) for k, v in volume.metadata.items()}
+    # no identifying DICOM attribute is written unless asked for (napari_medseg.dicom_tags)
+    metadata = filter_metadata(volume.metadata, keep_dicom_tags=keep_dicom_tags)
     metadata, nifti_codes = split_nifti_fields(metadata)  # NIfTI-only keys never reach other formats
     if fmt == VolumeFormat.DICOM:
         _check_dicom_writable(volume, target)
         folder = stage_dir(target)
         try:
             with _quiet_c_stderr():
-                _write_dicom_series(volume, folder)
+                _write_dicom_series(Volume(volume.array, volume.geometry, metadata), folder)
             problem = None
             for file in sorted(folder.iterdir()):
                 fsync_path(file)

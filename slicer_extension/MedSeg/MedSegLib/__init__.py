@@ -2,8 +2,9 @@
 """MedSegLib: the MedSeg module's logic over MRML, without the Slicer application.
 
 ``nodes`` converts between MRML nodes and napari-medseg Volumes (exact geometry), ``logic`` runs
-``medseg`` background jobs from nodes and loads their results, ``dependencies`` decides what the
+``medseg`` background jobs from nodes and loads their results, ``dicom_export`` writes a Segmentation node as a
+DICOM SEG of its source series, ``dependencies`` decides what the
 first-use install puts into Slicer's Python. Importing this package imports neither Qt nor torch.
 """
 
-__all__ = ["dependencies", "logic", "nodes"]
+__all__ = ["dependencies", "dicom_export", "logic", "nodes"]

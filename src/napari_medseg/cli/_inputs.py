@@ -66,7 +66,13 @@ def read_input(args: argparse.Namespace, path: str | Path, *, labels: bool = Fal
     if volume is not None and volume < 0:
         raise UsageError(f"--volume {volume}: expected a 0-based volume index >= 0")
     p = Path(path)
-    if p.exists() and is_dicom_input(p):
+    from napari_medseg.dicom_seg import is_dicom_seg
+
+    if p.is_file() and is_dicom_seg(p):  # a DICOM Segmentation is a label map, not an image series
+        if uid is not None or number is not None or volume not in (None, 0):
+            raise UsageError(f"{p} is a DICOM Segmentation (one label map); --series-uid/--series-number/--volume do not apply")
+        image = read_volume(p)
+    elif p.exists() and is_dicom_input(p):
         from napari_medseg.dicom import read_dicom, read_dicom_volume
 
         if allow_4d and volume is None:

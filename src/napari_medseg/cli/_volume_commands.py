@@ -31,6 +31,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("output", metavar="OUT", help="output file (or folder, for DICOM)")
     add_input_options(convert)
     convert.add_argument("--labels", action="store_true", help="treat the input as a label map (checks integer values)")
+    convert.add_argument(
+        "--reference", metavar="DICOM_FOLDER",
+        help="write a DICOM Segmentation: OUT must end in .dcm and IN be a label map on the grid of a series in "
+        "DICOM_FOLDER (the SEG references that series; segment names and colours from IN's segment fields)",
+    )
+    convert.add_argument(
+        "--keep-dicom-tags", action="store_true",
+        help="copy every DICOM attribute of IN into OUT's header, patient name, ID and dates included "
+        "(default: only the allow-list of napari_medseg.dicom_tags, see docs/dicom.md)",
+    )
     convert.set_defaults(func=run_convert)
 
     sample = subparsers.add_parser(
@@ -121,13 +131,19 @@ def run_convert(args: argparse.Namespace) -> None:
     from napari_medseg.outputs import check_outputs
     from napari_medseg.volume import write_volume
 
+    if args.reference is not None or str(args.output).lower().endswith(".dcm"):
+        from napari_medseg.cli._dicom_seg import convert_to_dicom_seg, dicom_seg_output
+
+        if dicom_seg_output(args.input, args.output, reference=args.reference, labels=args.labels):
+            convert_to_dicom_seg(args)
+            return
     check_outputs({"OUT": args.output}, {"IN": args.input})
     volume = read_input(args, args.input, labels=args.labels, allow_4d=True)
     if isinstance(volume, MultiVolume):
         out = write_multivolume(volume, args.output)
         shape = f"{volume.n_volumes} volumes of {' x '.join(map(str, volume.shape))}"
     else:
-        out = write_volume(volume, args.output)
+        out = write_volume(volume, args.output, keep_dicom_tags=args.keep_dicom_tags)
         shape = " x ".join(map(str, volume.shape))
     print(f"wrote {out} ({shape}, {volume.array.dtype}, {volume.geometry.describe()})")
 

@@ -19,7 +19,8 @@ subfolders) gives one layer per series, named by its series description (or numb
 that cannot be read as a regular grid (a gap, a duplicate, tilt ...) gives an error notification
 naming it and the other series still open. A 4D series (DWI, fMRI, several mosaic files) becomes
 one 4D layer ``(volume, z, y, x)`` with a volume slider. A single ``.dcm`` file opens the series
-it belongs to in its folder.
+it belongs to in its folder. A DICOM
+Segmentation (SEG) file becomes a Labels layer with its segment names and colours.
 
 imzML: a reader cannot ask for an m/z, so it returns the total-ion-current (TIC) image plus one
 ion image per m/z. The m/z values come from the environment variable ``MEDSEG_IMZML_MZ``
@@ -45,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_medseg.dicom_seg import is_dicom_seg
 from napari_medseg.errors import MedsegError
 from napari_medseg.multivolume import MultiVolume
 from napari_medseg.plugin._layers import (
@@ -145,7 +147,7 @@ def _looks_like_labels(path: Path, volume: Volume) -> bool:
 
 
 def _volume_layers(path: Path) -> list[LayerData]:
-    if path.is_dir() or (path.is_file() and path.name.lower().endswith(".dcm")):
+    if path.is_dir() or (path.is_file() and path.name.lower().endswith(".dcm") and not is_dicom_seg(path)):
         return _dicom_layers(path)
     return _layers_of(path, read_volume(path), layer_name(path))
 
