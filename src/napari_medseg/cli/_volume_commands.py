@@ -27,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     convert.add_argument("input", metavar="IN", help="image file or DICOM folder")
     convert.add_argument("output", metavar="OUT", help="output file (or folder, for DICOM)")
-    convert.add_argument("--series-uid", help="DICOM folder: SeriesInstanceUID to read (default: the largest series)")
+    convert.add_argument("--series-uid", help="DICOM folder: SeriesInstanceUID to read (default: the largest series); with --reference: the reference series")
     convert.add_argument("--labels", action="store_true", help="treat the input as a label map (checks integer values)")
     convert.add_argument(
         "--reference", metavar="DICOM_FOLDER",
