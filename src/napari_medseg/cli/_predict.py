@@ -42,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("input", metavar="IN", nargs="+", help="input volume file or DICOM folder; several for multi-channel models, in the card's channel order")
-    parser.add_argument("output", metavar="OUT", help="output label map; the extension picks the format")
+    parser.add_argument("output", metavar="OUT", help="output label map; the extension picks the format (.dcm from a DICOM folder: a DICOM SEG)")
     add_input_options(parser)
     parser.add_argument("--model", action="append", required=True, metavar="NAME", help="registry name or model folder; repeat for an ensemble")
     parser.add_argument("--device", default="auto", choices=_DEVICES, help="where the network runs (default auto)")

@@ -25,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="convert between NIfTI, NRRD, MetaImage, DICOM and 2D image formats",
         description="Convert IN to OUT keeping the voxel values and geometry exactly; formats are chosen by "
         "extension (.nii, .nii.gz, .nrrd, .seg.nrrd, .mha, .mhd, .png, .tif) and a path without extension "
-        "is a DICOM series folder.",
+        "is a DICOM series folder; OUT.dcm with --reference is a DICOM Segmentation (SEG).",
     )
     convert.add_argument("input", metavar="IN", help="image file or DICOM folder")
     convert.add_argument("output", metavar="OUT", help="output file (or folder, for DICOM)")
