@@ -358,7 +358,7 @@ def test_unreadable_file_says_permission_denied(tmp_path, suffix):
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip() == f"medseg info: error: {path}: cannot read the file: Permission denied"
+    assert proc.stderr.strip() == f"medseg info: error: {path}: cannot read: permission denied"
 
 
 def test_fifo_named_imzml_is_refused_at_once(tmp_path, no_hang):

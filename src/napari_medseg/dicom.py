@@ -30,6 +30,7 @@ Headers are scanned with ``stop_before_pixels``; pixel data is read only for the
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Sequence
@@ -780,7 +781,15 @@ def _metadata(info: SeriesInfo, plan: _Plan) -> dict[str, str]:
         meta["dicom_series_description"] = info.description
     if plan.n_volumes > 1:
         meta["dicom_n_volumes"] = str(plan.n_volumes)
-    return meta
+    # the acquisition attributes of the allow-list (napari_medseg.dicom_tags), then only what may
+    # reach an output: no UID, description or patient attribute unless the user asks for them
+    from napari_medseg.dicom_tags import dicom_metadata, filter_metadata
+
+    with contextlib.suppress(Exception):  # a header that read once reads again; never fail on extras
+        import pydicom
+
+        meta.update(dicom_metadata(pydicom.dcmread(info.files[0], stop_before_pixels=True)))
+    return filter_metadata(meta)
 
 
 def _check_volume_index(volume: int, n_volumes: int, path: Any) -> int:

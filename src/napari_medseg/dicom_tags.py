@@ -74,8 +74,11 @@ ALLOWED_TAGS: dict[str, tuple[str, str]] = {
     "0020|0012": ("AcquisitionNumber", "which acquisition of the series"),
 }
 
-#: This project's own ``dicom_*`` header keys that may reach an output.
-ALLOWED_METADATA_KEYS = frozenset({"dicom_modality", "dicom_n_files", "dicom_series_number"})
+#: This project's own ``dicom_*`` header keys that may reach an output (how the series was stored
+#: and which volume of it: nothing about the patient).
+ALLOWED_METADATA_KEYS = frozenset(
+    {"dicom_modality", "dicom_n_files", "dicom_series_number", "dicom_kind", "dicom_n_volumes", "dicom_volume"}
+)
 
 _TAG_KEY = re.compile(r"^[0-9a-fA-F]{4}\|[0-9a-fA-F]{4}$")
 

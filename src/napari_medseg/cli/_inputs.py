@@ -85,6 +85,20 @@ def read_input(args: argparse.Namespace, path: str | Path, *, labels: bool = Fal
         image = read_volume(p)
         if volume not in (None, 0):
             raise UsageError(f"--volume {volume}: {p} holds a single 3D volume (only --volume 0 exists)")
+    if getattr(args, "keep_dicom_tags", False) and p.exists() and is_dicom_input(p) and not is_dicom_seg(p):
+        image = _with_every_dicom_tag(image, p, uid, number)
     if labels and isinstance(image, Volume):
         image = Volume(as_label_array(image.array, name=str(p)), image.geometry, image.metadata)
     return image
+
+
+def _with_every_dicom_tag(image, path: Path, series_uid, series_number):
+    """``--keep-dicom-tags``: the user asked for every attribute of the series' first file."""
+    import pydicom
+
+    from napari_medseg.dicom import find_series
+    from napari_medseg.dicom_tags import dicom_metadata
+
+    first = find_series(path, series_uid=series_uid, series_number=series_number).files[0]
+    tags = dicom_metadata(pydicom.dcmread(first, stop_before_pixels=True), keep_dicom_tags=True)
+    return type(image)(image.array, image.geometry, {**image.metadata, **tags})
