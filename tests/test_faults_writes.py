@@ -25,8 +25,12 @@ from test_inference import make_model
 from napari_medseg.volume import Geometry, Volume, read_volume, write_volume
 
 SETPRIV = shutil.which("setpriv")
-#: root without CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH: file modes apply to it like to anyone
-NO_CAPS = [SETPRIV, "--inh-caps=-all", "--bounding-set=-all", "--"] if SETPRIV else None
+#: how to run the CLI so that file modes apply: as root, without CAP_DAC_OVERRIDE and
+#: CAP_DAC_READ_SEARCH (dropped by setpriv); as any other user, as it is
+if os.geteuid() != 0:
+    NO_CAPS = []
+else:
+    NO_CAPS = [SETPRIV, "--inh-caps=-all", "--bounding-set=-all", "--"] if SETPRIV else None
 
 
 def _env(**extra):
@@ -373,9 +377,7 @@ def test_sigkill_between_renames_never_leaves_an_old_sidecar_and_rolls_forward(t
 
 
 # ------------------------------------------------------------------- 10: the system's errors, exit 2
-needs_setpriv = pytest.mark.skipif(
-    NO_CAPS is None or os.geteuid() != 0, reason="needs root and setpriv to drop CAP_DAC_OVERRIDE"
-)
+needs_setpriv = pytest.mark.skipif(NO_CAPS is None, reason="running as root without setpriv: cannot drop CAP_DAC_OVERRIDE")
 
 
 @needs_setpriv
@@ -476,3 +478,14 @@ def test_recovery_leaves_a_target_the_user_changed_since_the_kill(tmp_path):
     recover(tmp_path)
     assert (tmp_path / "a.txt").read_text() == "written by the user after the kill"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+@needs_setpriv
+def test_unreadable_dicom_files_are_not_reported_as_no_series(tmp_path):
+    folder = tmp_path / "series"
+    write_volume(_volume(), folder)
+    for path in folder.iterdir():
+        path.chmod(0)
+    proc = _cli("info", folder, prefix=NO_CAPS)
+    assert proc.returncode == 2
+    assert "permission denied" in proc.stderr and "slice_0000" in proc.stderr and "no DICOM series" not in proc.stderr

@@ -459,6 +459,7 @@ def _keeps_locale(function):
 def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
     series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ()
     if not series_ids:
+        _check_files_readable(folder)
         raise FileFormatError(f"{folder}: no DICOM series found in this folder")
     files_by_series = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid) for uid in series_ids}
     if series_uid is not None:
@@ -482,6 +483,18 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
         if reader.HasMetaDataKey(0, tag):
             metadata[name] = reader.GetMetaData(0, tag).strip()
     return from_sitk(image, metadata=metadata)
+
+
+def _check_files_readable(folder: Path) -> None:
+    """Raise FileAccessError if files in ``folder`` cannot be opened (GDCM just sees no series)."""
+    from napari_medseg._atomic import access_error
+
+    for entry in os.scandir(folder):
+        if entry.is_file():
+            try:
+                os.close(os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK))
+            except OSError as exc:
+                raise access_error(exc, entry.path, "read") from None
 
 
 def _check_readable(p: Path) -> None:
