@@ -489,3 +489,22 @@ def test_unreadable_dicom_files_are_not_reported_as_no_series(tmp_path):
     proc = _cli("info", folder, prefix=NO_CAPS)
     assert proc.returncode == 2
     assert "permission denied" in proc.stderr and "slice_0000" in proc.stderr and "no DICOM series" not in proc.stderr
+
+
+def test_target_that_is_a_mount_point(tmp_path):
+    """A bind-mounted file cannot be renamed over (EBUSY; EXDEV on some systems): exit 2, unchanged."""
+    source, shown, target = tmp_path / "in.nrrd", tmp_path / "shown.nii", tmp_path / "out.nii"
+    write_volume(_volume(), source)
+    write_volume(_volume(seed=1), shown)
+    target.write_bytes(b"")
+    if subprocess.run(["mount", "--bind", str(shown), str(target)], capture_output=True).returncode != 0:
+        pytest.skip("cannot bind-mount a file here (needs root in a mount namespace)")
+    try:
+        before = _digest(tmp_path)
+        proc = _cli("convert", source, target)
+        after = _digest(tmp_path)
+    finally:
+        subprocess.run(["umount", str(target)], check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert str(target) in proc.stderr and ("busy" in proc.stderr or "another file system" in proc.stderr)
+    assert after == before and _temporaries(tmp_path) == []
