@@ -775,7 +775,7 @@ def write_volume(
     from napari_medseg.outputs import check_output_name
 
     target = Path(path)
-    check_output_name(target, option="path")
+    check_output_name(path, option="path")
     folder, moves = _stage_volume(volume, target, compress=compress, label_names=label_names, label_colors=label_colors)
     try:
         commit(moves, cleanup=[folder])
@@ -858,7 +858,7 @@ def _stage_volume(
     from napari_medseg.outputs import check_output_name, written_files
 
     target = Path(path)
-    fmt = check_output_name(target, option="path")
+    fmt = check_output_name(path, option="path")
     array = volume.array
     metadata = {k: str(v) for k, v in volume.metadata.items()}
     if fmt == VolumeFormat.DICOM:
