@@ -508,3 +508,20 @@ def test_target_that_is_a_mount_point(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert str(target) in proc.stderr and ("busy" in proc.stderr or "another file system" in proc.stderr)
     assert after == before and _temporaries(tmp_path) == []
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_full_disk_during_predict_keeps_every_old_output(capsys, tmpfs, tmp_path, scan, model):
+    """The labels fit, the uncertainty does not: no output changes, the old sidecar stays."""
+    out_dir = tmpfs / "out"
+    out_dir.mkdir()
+    (out_dir / "seg.nii.gz.json").write_text('{"parameters": {"seed": 1}}')
+    write_volume(_volume((6, 20, 24)), out_dir / "seg.nii.gz")
+    write_volume(Volume(np.zeros((6, 20, 24, 4), np.float32)), out_dir / "unc.nii")
+    _fill(tmpfs, 24_000)  # room for the labels (~1 kB), not for 4 float maps (46 kB, uncompressed)
+    before = _digest(tmpfs)
+    proc = _main(capsys, "predict", scan, out_dir / "seg.nii.gz", "--model", model.folder, "--no-progress",
+                 "--mc-samples", "2", "--uncertainty", out_dir / "unc.nii")
+    assert proc.returncode == 2, proc.stderr
+    assert "no space left on the device" in proc.stderr and str(out_dir / "unc.nii") in proc.stderr
+    assert _digest(tmpfs) == before and _temporaries(tmpfs) == []
