@@ -25,8 +25,12 @@ from test_inference import make_model
 from napari_medseg.volume import Geometry, Volume, read_volume, write_volume
 
 SETPRIV = shutil.which("setpriv")
-#: root without CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH: file modes apply to it like to anyone
-NO_CAPS = [SETPRIV, "--inh-caps=-all", "--bounding-set=-all", "--"] if SETPRIV else None
+#: how to run the CLI so that file modes apply: as root, without CAP_DAC_OVERRIDE and
+#: CAP_DAC_READ_SEARCH (dropped by setpriv); as any other user, as it is
+if os.geteuid() != 0:
+    NO_CAPS = []
+else:
+    NO_CAPS = [SETPRIV, "--inh-caps=-all", "--bounding-set=-all", "--"] if SETPRIV else None
 
 
 def _env(**extra):
@@ -38,6 +42,15 @@ def _cli(*args, prefix=(), **kwargs) -> subprocess.CompletedProcess:
         [*prefix, sys.executable, "-m", "napari_medseg.cli", *map(str, args)],
         capture_output=True, text=True, encoding="utf-8", env=_env(), **kwargs,
     )
+
+
+def _main(capsys, *args) -> subprocess.CompletedProcess:
+    """The CLI in this process (for checks that need no process of their own: cheaper)."""
+    from napari_medseg.cli import main
+
+    rc = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, rc, captured.out, captured.err)
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -149,12 +162,12 @@ def test_read_only_file_system(tmpfs, tmp_path):
     ("z.hdr.nii", "z.hdr"),
     ("a.nii.gz.nrrd", "a.nii.gz"),
 ])
-def test_writes_exactly_the_name_given(tmp_path, name, bystander):
+def test_writes_exactly_the_name_given(capsys, tmp_path, name, bystander):
     source = tmp_path / "in.nrrd"
     volume = _volume()
     write_volume(volume, source)
     (tmp_path / bystander).write_bytes(b"the user's unrelated file")
-    proc = _cli("convert", source, tmp_path / name)
+    proc = _main(capsys, "convert", source, tmp_path / name)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / bystander).read_bytes() == b"the user's unrelated file"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"in.nrrd", bystander, name})
@@ -168,19 +181,19 @@ def test_writes_exactly_the_name_given(tmp_path, name, bystander):
 
 
 @pytest.mark.parametrize("name", ["x.MHA", "x.NII.GZ", "x.Nii", "x.MHD"])
-def test_upper_case_extension_is_refused_before_work(tmp_path, name):
+def test_upper_case_extension_is_refused_before_work(capsys, tmp_path, name):
     source = tmp_path / "in.nrrd"
     write_volume(_volume(), source)
-    proc = _cli("convert", source, tmp_path / name)
+    proc = _main(capsys, "convert", source, tmp_path / name)
     assert proc.returncode == 2
     assert "lower case" in proc.stderr and name in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nrrd"]
 
 
-def test_mhd_writes_its_data_file_beside_it(tmp_path):
+def test_mhd_writes_its_data_file_beside_it(capsys, tmp_path):
     source = tmp_path / "in.nrrd"
     write_volume(_volume(), source)
-    assert _cli("convert", source, tmp_path / "x.raw.mhd").returncode == 0
+    assert _main(capsys, "convert", source, tmp_path / "x.raw.mhd").returncode == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nrrd", "x.raw.mhd", "x.raw.zraw"]
     np.testing.assert_array_equal(read_volume(tmp_path / "x.raw.mhd").array, _volume().array)
 
@@ -205,10 +218,10 @@ def _links(tmp_path: Path, scan: Path) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("kind", ["same", "symlink", "hardlink"])
-def test_predict_refuses_to_overwrite_its_input(tmp_path, model, scan, kind):
+def test_predict_refuses_to_overwrite_its_input(capsys, tmp_path, model, scan, kind):
     out = _links(tmp_path, scan)[kind]
     before = _digest(tmp_path)
-    proc = _cli("predict", scan, out, "--model", model.folder, "--no-progress")
+    proc = _main(capsys, "predict", scan, out, "--model", model.folder, "--no-progress")
     assert proc.returncode == 2, proc.stderr
     assert "would overwrite the input IN" in proc.stderr
     assert _digest(tmp_path) == before and (tmp_path / "link.nii.gz").is_symlink()
@@ -219,29 +232,29 @@ def test_predict_refuses_to_overwrite_its_input(tmp_path, model, scan, kind):
     ["--uncertainty", "{dir}/link_to_out.nii.gz"],
     ["--uncertainty", "{dir}/hard_link_to_out.nii.gz"],
 ])
-def test_predict_outputs_never_overwrite_each_other(tmp_path, model, scan, extra):
+def test_predict_outputs_never_overwrite_each_other(capsys, tmp_path, model, scan, extra):
     out = tmp_path / "seg.nii.gz"
     write_volume(_volume(), out)
     (tmp_path / "link_to_out.nii.gz").symlink_to(out)
     os.link(out, tmp_path / "hard_link_to_out.nii.gz")
     before = _digest(tmp_path)
     args = [a.format(out=out, dir=tmp_path) for a in extra]
-    proc = _cli("predict", scan, out, "--model", model.folder, "--no-progress", *args)
+    proc = _main(capsys, "predict", scan, out, "--model", model.folder, "--no-progress", *args)
     assert proc.returncode == 2, proc.stderr
     assert f"would overwrite OUT ({out})" in proc.stderr
     assert _digest(tmp_path) == before
 
 
-def test_evaluate_csv_cannot_overwrite_pred(tmp_path):
+def test_evaluate_csv_cannot_overwrite_pred(capsys, tmp_path):
     labels = tmp_path / "pred.nrrd"
     write_volume(Volume((_volume().array > 1500).astype(np.uint8)), labels)
     before = _digest(tmp_path)
-    proc = _cli("evaluate", "--pred", labels, "--ref", labels, "--csv", labels)
+    proc = _main(capsys, "evaluate", "--pred", labels, "--ref", labels, "--csv", labels)
     assert proc.returncode == 2 and "would overwrite the input --pred" in proc.stderr
     assert _digest(tmp_path) == before
 
 
-def test_existing_folder_is_never_replaced_by_a_dicom_series(tmp_path):
+def test_existing_folder_is_never_replaced_by_a_dicom_series(capsys, tmp_path):
     source = tmp_path / "in.nrrd"
     write_volume(_volume(), source)
     folder = tmp_path / "study"
@@ -249,21 +262,21 @@ def test_existing_folder_is_never_replaced_by_a_dicom_series(tmp_path):
     (folder / "notes.txt").write_text("my notes")
     (folder / "labels.nii.gz").write_bytes(b"my labels")
     before = _digest(tmp_path)
-    proc = _cli("convert", source, folder)
+    proc = _main(capsys, "convert", source, folder)
     assert proc.returncode == 2 and "other files in it" in proc.stderr and str(folder) in proc.stderr
     assert _digest(tmp_path) == before
     # a folder this program wrote is replaced, atomically
     series = tmp_path / "series"
-    assert _cli("convert", source, series).returncode == 0
-    assert _cli("convert", source, series).returncode == 0
+    assert _main(capsys, "convert", source, series).returncode == 0
+    assert _main(capsys, "convert", source, series).returncode == 0
     assert read_volume(series).shape == _volume().shape and _temporaries(tmp_path) == []
 
 
-def test_dicom_output_folder_holding_an_input_is_refused(tmp_path):
+def test_dicom_output_folder_holding_an_input_is_refused(capsys, tmp_path):
     folder = tmp_path / "series"
     write_volume(_volume(), folder)
     before = _digest(tmp_path)
-    proc = _cli("convert", folder / "slice_00000.dcm", folder)
+    proc = _main(capsys, "convert", folder / "slice_00000.dcm", folder)
     assert proc.returncode == 2 and "would overwrite the input" in proc.stderr
     assert _digest(tmp_path) == before
 
@@ -364,9 +377,7 @@ def test_sigkill_between_renames_never_leaves_an_old_sidecar_and_rolls_forward(t
 
 
 # ------------------------------------------------------------------- 10: the system's errors, exit 2
-needs_setpriv = pytest.mark.skipif(
-    NO_CAPS is None or os.geteuid() != 0, reason="needs root and setpriv to drop CAP_DAC_OVERRIDE"
-)
+needs_setpriv = pytest.mark.skipif(NO_CAPS is None, reason="running as root without setpriv: cannot drop CAP_DAC_OVERRIDE")
 
 
 @needs_setpriv
@@ -422,10 +433,10 @@ def test_broken_pipe_is_one_line_not_a_traceback(tmp_path):
     assert "pipe was closed" in err and "Traceback" not in err and "internal error" not in err
 
 
-def test_csv_naming_a_folder(tmp_path):
+def test_csv_naming_a_folder(capsys, tmp_path):
     labels = tmp_path / "pred.nrrd"
     write_volume(Volume((_volume().array > 1500).astype(np.uint8)), labels)
-    proc = _cli("evaluate", "--pred", labels, "--ref", labels, "--csv", tmp_path)
+    proc = _main(capsys, "evaluate", "--pred", labels, "--ref", labels, "--csv", tmp_path)
     assert proc.returncode == 2 and "is a folder" in proc.stderr and "internal error" not in proc.stderr
 
 
@@ -440,11 +451,11 @@ def test_predict_checks_the_channel_count_before_loading_torch(tmp_path, scan, m
     assert "expects 1 input channel" in proc.stderr
 
 
-def test_existing_folder_named_like_a_file_is_refused(tmp_path):
+def test_existing_folder_named_like_a_file_is_refused(capsys, tmp_path):
     source = tmp_path / "in.nrrd"
     write_volume(_volume(), source)
     (tmp_path / "out.nii.gz").mkdir()
-    proc = _cli("convert", source, tmp_path / "out.nii.gz")
+    proc = _main(capsys, "convert", source, tmp_path / "out.nii.gz")
     assert proc.returncode == 2 and "is an existing folder" in proc.stderr
     assert list((tmp_path / "out.nii.gz").iterdir()) == []
 
@@ -467,3 +478,50 @@ def test_recovery_leaves_a_target_the_user_changed_since_the_kill(tmp_path):
     recover(tmp_path)
     assert (tmp_path / "a.txt").read_text() == "written by the user after the kill"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+@needs_setpriv
+def test_unreadable_dicom_files_are_not_reported_as_no_series(tmp_path):
+    folder = tmp_path / "series"
+    write_volume(_volume(), folder)
+    for path in folder.iterdir():
+        path.chmod(0)
+    proc = _cli("info", folder, prefix=NO_CAPS)
+    assert proc.returncode == 2
+    assert "permission denied" in proc.stderr and "slice_0000" in proc.stderr and "no DICOM series" not in proc.stderr
+
+
+def test_target_that_is_a_mount_point(tmp_path):
+    """A bind-mounted file cannot be renamed over (EBUSY; EXDEV on some systems): exit 2, unchanged."""
+    source, shown, target = tmp_path / "in.nrrd", tmp_path / "shown.nii", tmp_path / "out.nii"
+    write_volume(_volume(), source)
+    write_volume(_volume(seed=1), shown)
+    target.write_bytes(b"")
+    if subprocess.run(["mount", "--bind", str(shown), str(target)], capture_output=True).returncode != 0:
+        pytest.skip("cannot bind-mount a file here (needs root in a mount namespace)")
+    try:
+        before = _digest(tmp_path)
+        proc = _cli("convert", source, target)
+        after = _digest(tmp_path)
+    finally:
+        subprocess.run(["umount", str(target)], check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert str(target) in proc.stderr and ("busy" in proc.stderr or "another file system" in proc.stderr)
+    assert after == before and _temporaries(tmp_path) == []
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_full_disk_during_predict_keeps_every_old_output(capsys, tmpfs, tmp_path, scan, model):
+    """The labels fit, the uncertainty does not: no output changes, the old sidecar stays."""
+    out_dir = tmpfs / "out"
+    out_dir.mkdir()
+    (out_dir / "seg.nii.gz.json").write_text('{"parameters": {"seed": 1}}')
+    write_volume(_volume((6, 20, 24)), out_dir / "seg.nii.gz")
+    write_volume(Volume(np.zeros((6, 20, 24, 4), np.float32)), out_dir / "unc.nii")
+    _fill(tmpfs, 24_000)  # room for the labels (~1 kB), not for 4 float maps (46 kB, uncompressed)
+    before = _digest(tmpfs)
+    proc = _main(capsys, "predict", scan, out_dir / "seg.nii.gz", "--model", model.folder, "--no-progress",
+                 "--mc-samples", "2", "--uncertainty", out_dir / "unc.nii")
+    assert proc.returncode == 2, proc.stderr
+    assert "no space left on the device" in proc.stderr and str(out_dir / "unc.nii") in proc.stderr
+    assert _digest(tmpfs) == before and _temporaries(tmpfs) == []

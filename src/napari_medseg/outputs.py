@@ -103,7 +103,7 @@ def check_output_name(path: str | os.PathLike, *, option: str = "OUT"):
     from napari_medseg.volume import volume_format
 
     target = Path(path)
-    if target.name in ("", ".", "..") or str(path).endswith(("/", os.sep)) and not target.is_dir():
+    if target.name in ("", ".", "..") or (str(path).endswith(("/", os.sep)) and _format_suffix(target)):
         raise InvalidInputError(f"{option}={path}: expected a file name (or a folder for a DICOM series)")
     fmt = volume_format(target)
     if _is_folder_target(target, fmt):

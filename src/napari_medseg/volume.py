@@ -479,6 +479,18 @@ def _read_dicom_folder(folder: Path, series_uid: str | None, *, keep_dicom_tags:
     return volume
 
 
+def _check_files_readable(folder: Path) -> None:
+    """Raise FileAccessError if files in ``folder`` cannot be opened (GDCM just sees no series)."""
+    from napari_medseg._atomic import access_error
+
+    for entry in os.scandir(folder):
+        if entry.is_file():
+            try:
+                os.close(os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK))
+            except OSError as exc:
+                raise access_error(exc, entry.path, "read") from None
+
+
 def _check_readable(p: Path) -> None:
     """Say why ``p`` cannot be read: missing is not the same as permission denied."""
     from napari_medseg._atomic import access_error
@@ -871,7 +883,7 @@ def _stage_volume(
     from napari_medseg.outputs import check_output_name, written_files
 
     target = Path(path)
-    fmt = check_output_name(target, option="path")
+    fmt = check_output_name(path, option="path")
     array = volume.array
     # no identifying DICOM attribute is written unless asked for (napari_medseg.dicom_tags)
     metadata = filter_metadata(volume.metadata, keep_dicom_tags=keep_dicom_tags)
