@@ -175,7 +175,9 @@ def _read_header(path: Path) -> _FileHeader | None:
                 return None
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
     except (PermissionError, IsADirectoryError) as exc:
-        raise FileFormatError(f"{path}: cannot read the file ({exc.strerror})") from None
+        from napari_medseg._atomic import access_error
+
+        raise access_error(exc, path, "read") from None
     except Exception:  # noqa: BLE001 - anything pydicom cannot parse is not a DICOM image for us
         return None
     try:
@@ -318,24 +320,38 @@ class SeriesInfo:
 
 
 def _walk(folder: Path, max_files: int, max_depth: int) -> list[Path]:
+    """Regular files under ``folder`` (hidden entries skipped), at most ``max_depth`` levels down.
+
+    The walk is lazy so the depth limit prunes it, and only regular files are listed: opening a
+    FIFO or a device found in a folder would block or read forever.
+    """
+    import stat
+
     files: list[Path] = []
     root_depth = len(folder.parts)
     try:
-        walker = list(os.walk(folder, onerror=_raise_walk_error))
+        for dirpath, dirnames, filenames in os.walk(folder, onerror=_raise_walk_error):
+            depth = len(Path(dirpath).parts) - root_depth
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth < max_depth else []
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                path = Path(dirpath) / name
+                try:
+                    if not stat.S_ISREG(path.stat().st_mode):
+                        continue
+                except OSError:
+                    continue  # a dangling link
+                files.append(path)
+                if len(files) > max_files:
+                    raise FileFormatError(
+                        f"{folder}: more than {max_files} files in this folder and its subfolders; "
+                        "point at the folder of one study or series"
+                    )
     except OSError as exc:
-        raise FileFormatError(f"{exc.filename or folder}: cannot read the folder ({exc.strerror})") from None
-    for dirpath, dirnames, filenames in walker:
-        depth = len(Path(dirpath).parts) - root_depth
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth < max_depth else []
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            files.append(Path(dirpath) / name)
-            if len(files) > max_files:
-                raise FileFormatError(
-                    f"{folder}: more than {max_files} files in this folder and its subfolders; "
-                    "point at the folder of one study or series"
-                )
+        from napari_medseg._atomic import access_error
+
+        raise access_error(exc, exc.filename or folder, "read") from None
     return files
 
 
