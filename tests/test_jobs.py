@@ -345,17 +345,17 @@ def test_child_that_exits_before_starting_is_lost_with_its_stderr(tmp_path):
 
 
 def test_status_checks_the_process_start_time_so_a_reused_pid_is_not_the_job(tmp_path):
-    from napari_medseg.jobs import _process_start_id
+    import psutil
 
-    me = _process_start_id(os.getpid())
-    if me is None:
-        pytest.skip("needs Linux /proc")
-    folder = make_job_folder(tmp_path, pid=os.getpid(), pid_start=me)
+    me = psutil.Process(os.getpid()).create_time()
+    folder = make_job_folder(tmp_path, pid=os.getpid(), pid_create_time=me)
     assert Job(folder).is_alive() and Job(folder).status() == JobStatus.PENDING
-    (folder / JOB_FILE).write_text(json.dumps({**json.loads((folder / JOB_FILE).read_text()), "pid_start": me + 1}))
+    (folder / JOB_FILE).write_text(json.dumps({**json.loads((folder / JOB_FILE).read_text()), "pid_create_time": me - 100}))
     job = Job(folder)
     assert not job.is_alive() and job.status() == JobStatus.LOST
-    assert job.cancel(timeout_s=0) == JobStatus.LOST  # nothing signalled: the pid is not the job's
+    with pytest.raises(InvalidInputError, match="another process, and it is not signalled"):
+        job.cancel(timeout_s=0)  # the pid runs (this test) but is not the job's: refused, nothing signalled
+    assert "signals" not in job.record
 
 
 # ---------------------------------------------------------------------------------------------------
