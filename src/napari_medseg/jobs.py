@@ -1164,6 +1164,8 @@ def _tail_lines(path: Path, n: int, *, block: int = 65536) -> list[str]:
                 data = fh.read(step) + data
     except FileNotFoundError:
         return []
+    except FileFormatError as exc:  # a FIFO or a link where the log should be: say so, read nothing
+        return [f"({exc})\n"]
     lines = data.decode("utf-8", errors="replace").splitlines(keepends=True)
     return lines[-n:]
 
@@ -1389,6 +1391,8 @@ def get_job(id_or_prefix: str, *, jobs_root: str | os.PathLike | None = None) ->
     root = _resolve_root(jobs_root)
     # an id is a name in the jobs folder, never a path out of it
     if "/" not in text and os.sep not in text and text not in (".", "..") and os.path.lexists(root / text / JOB_FILE):
+        if (root / text).is_symlink():
+            raise FileFormatError(f"{root / text}: the job folder is a symbolic link; job folders must be real folders")
         return Job(root / text)
     with warnings.catch_warnings():  # an unusable record elsewhere in the folder is not this lookup's error
         warnings.simplefilter("ignore")
