@@ -823,7 +823,7 @@ class Job:
             create_time = None
         return pid, create_time
 
-    def _check_identity(self, record: dict) -> None:
+    def check_identity(self) -> None:
         """Refuse to act on a job whose record names a running process that is not provably its own.
 
         Raises
@@ -831,6 +831,7 @@ class Job:
         InvalidInputError
             If the recorded pid runs but the record has no creation time or another one.
         """
+        record = self._record()
         if record.get("host") != socket.gethostname():
             return
         with _CHILDREN_LOCK:
@@ -1008,7 +1009,7 @@ class Job:
         for name, value in (("timeout_s", timeout_s), ("kill_after_s", kill_after_s)):
             if not value >= 0:
                 raise InvalidInputError(f"{name}={value!r} must be >= 0")
-        self._check_identity(self._record())
+        self.check_identity()
         status = self.status()
         if status.is_final:
             return status
@@ -1270,8 +1271,8 @@ def _launch(
     if not workdir.is_dir():
         raise InvalidInputError(f"cwd={str(workdir)!r} is not an existing folder")
     lock = _output_lock(kind, argv, workdir)
-    if lock is not None:  # refuse now, naming the job that writes there (the child holds the lock)
-        lock.acquire(timeout_s=0, job_id=None)
+    if lock is not None and lock.output.parent.is_dir():  # refuse now, naming the job that writes there
+        lock.acquire(timeout_s=0, job_id=None)  # (the child takes and holds the lock itself)
         lock.release()
     root = _resolve_root(jobs_root)
     job_id = _new_job_id(kind)

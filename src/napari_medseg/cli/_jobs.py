@@ -249,7 +249,7 @@ def run_cancel(args: argparse.Namespace) -> None:
     from napari_medseg.jobs import get_job
 
     job = get_job(args.job_id, jobs_root=args.jobs_dir)
-    job._check_identity(job.record)  # a pid that is not provably the job's: refused (exit 2), never signalled
+    job.check_identity()  # a pid that is not provably the job's: refused (exit 2), never signalled
     before = job.status()
     if before.is_final:
         print(f"job {job.id} has already finished ({before}); nothing to cancel")
