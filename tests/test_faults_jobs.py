@@ -74,15 +74,16 @@ def wait_for(predicate, *, timeout_s=30.0, what="condition"):
 
 
 # --------------------------------------------------------------------------------------- cancel
-@pytest.mark.parametrize("start_time", ["missing", "wrong"])
+@pytest.mark.parametrize("start_time", ["missing", "wrong", "right"])
 def test_cancel_refuses_a_record_naming_an_unrelated_process_and_does_not_signal_it(jobs, sleeper, start_time):
     fields = {"pid": sleeper.pid}
-    if start_time == "wrong":
-        fields["pid_create_time"] = psutil.Process(sleeper.pid).create_time() - 3600
+    if start_time != "missing":  # "right": even the true start time does not make 'sleep' the job's child
+        fields["pid_create_time"] = psutil.Process(sleeper.pid).create_time() - (3600 if start_time == "wrong" else 0)
     folder = write_record(jobs.root, "20260101-000000-selftest-aaaaaa", **fields)
     before = (folder / JOB_FILE).read_bytes()
     result = jobs("cancel", "20260101-000000-selftest-aaaaaa", "--timeout-s", "0", check_rc=2)
-    expected = "without its start time" if start_time == "missing" else "it is another process"
+    expected = {"missing": "without its start time", "wrong": "it is another process",
+                "right": "command line is not this job's"}[start_time]
     assert expected in result.stderr and f"pid {sleeper.pid}" in result.stderr and "not signalled" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     time.sleep(0.2)

@@ -280,8 +280,24 @@ def create_time_of(pid: int) -> float | None:
         return None
 
 
-def process_if_same(pid: int | None, create_time: float | None):
-    """The running process ``pid`` if it was created at ``create_time`` (within 1 s); else None.
+def _runs_job(process, job_dir: Path | None) -> bool:
+    """Whether ``process``'s command line is a job child for ``job_dir`` (``... --job-dir <job_dir>``)."""
+    if job_dir is None:
+        return True
+    import psutil
+
+    try:
+        cmdline = process.cmdline()
+    except (psutil.Error, OSError):
+        return False
+    want = os.path.realpath(job_dir)
+    return any(a == "--job-dir" and i + 1 < len(cmdline) and os.path.realpath(cmdline[i + 1]) == want
+               for i, a in enumerate(cmdline))
+
+
+def process_if_same(pid: int | None, create_time: float | None, job_dir: Path | None = None):
+    """The running process ``pid`` if it was created at ``create_time`` (within 1 s) and, when
+    ``job_dir`` is given, its command line is that job's child (``--job-dir <job_dir>``); else None.
 
     A record without a creation time never matches: its pid cannot be told from a reused one. A
     zombie (exited, not yet reaped) does not count as running.
@@ -294,15 +310,19 @@ def process_if_same(pid: int | None, create_time: float | None):
         process = psutil.Process(pid)
         if abs(process.create_time() - create_time) > CREATE_TIME_TOLERANCE_S:
             return None
-        if process.status() == psutil.STATUS_ZOMBIE:
+        if process.status() == psutil.STATUS_ZOMBIE or not _runs_job(process, job_dir):
             return None
     except (psutil.Error, ValueError, OverflowError):
         return None
     return process
 
 
-def identity_problem(pid: int | None, create_time: float | None, *, where: str) -> str | None:
+def identity_problem(
+    pid: int | None, create_time: float | None, *, where: str, job_dir: Path | None = None
+) -> str | None:
     """Why a live process ``pid`` cannot be taken for the job; None if it can, or if none runs."""
+    import psutil
+
     if pid is None:
         return None
     actual = create_time_of(pid)
@@ -318,6 +338,15 @@ def identity_problem(pid: int | None, create_time: float | None, *, where: str) 
             f"{where} says pid {pid} started at {_stamp(create_time)}, but the process {pid} running now started at "
             f"{_stamp(actual)}: it is another process, and it is not signalled"
         )
+    try:
+        process = psutil.Process(pid)
+        if process.status() != psutil.STATUS_ZOMBIE and not _runs_job(process, job_dir):
+            return (
+                f"{where} names pid {pid}, but that process's command line is not this job's "
+                f"(no '--job-dir {job_dir}'): it is another process, and it is not signalled"
+            )
+    except psutil.Error:
+        return None
     return None
 
 

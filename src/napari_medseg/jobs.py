@@ -94,8 +94,8 @@ _LOCK_FILE = ".job.lock"
 _PENDING_GRACE_S = 60.0
 _POLL_S = 0.05
 _MAX_READ_BYTES = 16 << 20  # per read of the events file: memory stays bounded however big it grows
-_OUTPUT_LOCK_WAIT_S = 5.0
-_RECORD_LOCK_WAIT_S = 10.0  # the child waits this long for a job that is ending to release the output
+_OUTPUT_LOCK_WAIT_S = 5.0  # the child waits this long for a job that is ending to release the output
+_RECORD_LOCK_WAIT_S = 10.0
 
 
 class JobKind(StrEnum):
@@ -520,7 +520,7 @@ def _child_output_lock(reporter: JobReporter) -> guard.OutputLock | None:
     """
     if not reporter.writes_events:  # torchrun ranks other than 0 share rank 0's lock
         return None
-    argv = [a for a in sys.argv[1:]]
+    argv = list(sys.argv[1:])
     if "--job-dir" in argv:
         index = argv.index("--job-dir")
         del argv[index : index + 2]
@@ -626,15 +626,9 @@ def read_events(job_dir: str | os.PathLike, offset: int = 0, *, max_bytes: int =
 
 
 # --------------------------------------------------------------------------------------------------
-# process identity (pid + creation time through psutil, so a reused pid is never mistaken for the job
-# or signalled)
+# process identity: pid + creation time + a command line naming the job folder (psutil, in _job_guard),
+# so a reused pid or an unrelated process is never mistaken for the job or signalled
 # --------------------------------------------------------------------------------------------------
-
-
-def _pid_alive(pid: int | None, create_time: float | None) -> bool:
-    """Whether the process ``pid`` runs and is the one created at ``create_time``."""
-    return guard.process_if_same(pid, create_time) is not None
-
 
 # the Popen objects of the children this process started, so they are reaped (no zombies) and their
 # exit codes known; any Job object for the same id in this process uses them
@@ -807,7 +801,7 @@ class Job:
         pid, create_time = self._identity(record)
         if pid is None:
             return None
-        return _pid_alive(pid, create_time)
+        return guard.process_if_same(pid, create_time, self.folder) is not None
 
     def _identity(self, record: dict) -> tuple[int | None, float | None]:
         """The job's (pid, creation time): from the record, else from the ``started`` event."""
@@ -838,7 +832,9 @@ class Job:
             if self.id in _CHILDREN:  # started by this process: the Popen object is its identity
                 return
         pid, create_time = self._identity(record)
-        problem = guard.identity_problem(pid, create_time, where=f"job {self.id}: {self.folder / JOB_FILE}")
+        problem = guard.identity_problem(
+            pid, create_time, where=f"job {self.id}: {self.folder / JOB_FILE}", job_dir=self.folder
+        )
         if problem:
             raise InvalidInputError(problem)
 
@@ -1039,7 +1035,7 @@ class Job:
                 return psutil.Process(popen.pid)
             return None
         pid, create_time = self._identity(record)
-        return guard.process_if_same(pid, create_time)
+        return guard.process_if_same(pid, create_time, self.folder)
 
     def _send_signal(self, sig: int, *, tree: bool) -> bool:
         import psutil
