@@ -271,3 +271,23 @@ def test_get_job_never_leaves_the_jobs_folder(jobs, tmp_path):
     write_record(tmp_path, "victim")  # a job-like folder beside the jobs folder
     result = jobs("show", "../victim", check_rc=2)
     assert "no job '../victim'" in result.stderr
+
+
+def test_a_huge_events_file_is_read_in_bounded_chunks_to_its_final_event(tmp_path):
+    from napari_medseg.jobs import EVENTS_FILE, Job, read_events
+
+    folder = write_record(tmp_path / "jobs", "20260101-000000-selftest-jjjjjj")
+    line = json.dumps({"time": 1.0, "event": "progress", "done": 1, "total": 2, "what": "x" * 200}) + "\n"
+    with open(folder / EVENTS_FILE, "w") as fh:
+        fh.write(line * (17 * 2**20 // len(line)))  # more than one 16 MiB read
+        fh.write(json.dumps({"time": 2.0, "event": "done", "outputs": {}}) + "\n")
+    assert Job(folder).status() == JobStatus.DONE
+    # a "line" longer than a read is stepped over with a warning, never held in memory whole
+    (folder / EVENTS_FILE).write_bytes(b"x" * 3000 + b"\n" + line.encode())
+    offset = 0
+    for expected in (1000, 2000, 3000):
+        with pytest.warns(UserWarning, match="without a line end"):
+            events, offset = read_events(folder, offset, max_bytes=1000)
+        assert events == [] and offset == expected
+    events, _ = read_events(folder, offset, max_bytes=1000)
+    assert [e["event"] for e in events] == ["progress"]

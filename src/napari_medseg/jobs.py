@@ -96,6 +96,7 @@ _POLL_S = 0.05
 _MAX_READ_BYTES = 16 << 20  # per read of the events file: memory stays bounded however big it grows
 _OUTPUT_LOCK_WAIT_S = 5.0  # the child waits this long for a job that is ending to release the output
 _RECORD_LOCK_WAIT_S = 10.0
+_MAX_REFRESH_CHUNKS = 64  # x 16 MiB: 1 GiB of events per status check at most
 
 
 class JobKind(StrEnum):
@@ -777,9 +778,15 @@ class Job:
         return read_events(self.folder, offset)
 
     def _refresh(self) -> _Summary:
+        # read on until the end, a bounded chunk at a time: memory stays bounded (the summary keeps
+        # the last events only), and a huge file is read at most _MAX_REFRESH_CHUNKS chunks per call
         with self._lock:
-            events, self._summary.offset = read_events(self.folder, self._summary.offset)
-            self._summary.update(events)
+            for _ in range(_MAX_REFRESH_CHUNKS):
+                before = self._summary.offset
+                events, self._summary.offset = read_events(self.folder, before)
+                self._summary.update(events)
+                if self._summary.offset == before or self._summary.final is not None:
+                    break
             return self._summary
 
     def _liveness(self, record: dict) -> bool | None:
