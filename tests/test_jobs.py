@@ -345,17 +345,28 @@ def test_child_that_exits_before_starting_is_lost_with_its_stderr(tmp_path):
 
 
 def test_status_checks_the_process_start_time_so_a_reused_pid_is_not_the_job(tmp_path):
-    from napari_medseg.jobs import _process_start_id
+    import subprocess
+    import sys
 
-    me = _process_start_id(os.getpid())
-    if me is None:
-        pytest.skip("needs Linux /proc")
-    folder = make_job_folder(tmp_path, pid=os.getpid(), pid_start=me)
-    assert Job(folder).is_alive() and Job(folder).status() == JobStatus.PENDING
-    (folder / JOB_FILE).write_text(json.dumps({**json.loads((folder / JOB_FILE).read_text()), "pid_start": me + 1}))
-    job = Job(folder)
-    assert not job.is_alive() and job.status() == JobStatus.LOST
-    assert job.cancel(timeout_s=0) == JobStatus.LOST  # nothing signalled: the pid is not the job's
+    import psutil
+
+    folder = tmp_path / "job1"
+    # a process whose command line names the job folder, as a job's child does
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--job-dir", str(folder)])
+    try:
+        created = psutil.Process(child.pid).create_time()
+        make_job_folder(tmp_path, pid=child.pid, pid_create_time=created)
+        assert Job(folder).is_alive() and Job(folder).status() == JobStatus.PENDING
+        record = json.loads((folder / JOB_FILE).read_text())
+        (folder / JOB_FILE).write_text(json.dumps({**record, "pid_create_time": created - 100}))
+        job = Job(folder)
+        assert not job.is_alive() and job.status() == JobStatus.LOST
+        with pytest.raises(InvalidInputError, match="another process, and it is not signalled"):
+            job.cancel(timeout_s=0)  # the pid runs but is not the job's: refused, nothing signalled
+        assert "signals" not in job.record and child.poll() is None
+    finally:
+        child.kill()
+        child.wait()
 
 
 # ---------------------------------------------------------------------------------------------------

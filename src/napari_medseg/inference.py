@@ -844,6 +844,7 @@ def predict(
             progress=group_progress if progress is not None else None, cancel=cancel,
         )
         del image
+        _check_finite(moments.mean_p, members)
         done_before += _group_batches(on_grid.shape, card, overlap, bs)
         weight = moments.n_samples
         for key, arr in (("p", moments.mean_p), ("p2", moments.mean_p2), ("h", moments.mean_entropy)):
@@ -895,6 +896,24 @@ def predict(
         probabilities=Volume(mean_p, geometry, meta),
         uncertainty=uncertainty,
         provenance=provenance,
+    )
+
+
+def _check_finite(mean_p: np.ndarray, members: Sequence[RegistryModel]) -> None:
+    """Refuse NaN/inf network outputs (broken weights or a broken card), which would otherwise
+    become an empty label map reported as a result. One pass over the merged probabilities, one
+    label plane at a time.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming the model(s).
+    """
+    if all(np.isfinite(plane).all() for plane in mean_p):
+        return
+    names = ", ".join(repr(m.card.name) for m in members)
+    raise InvalidInputError(
+        f"model {names} gave NaN or inf outputs on this input (broken weights or card values); no output was written"
     )
 
 

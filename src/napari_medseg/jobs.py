@@ -57,6 +57,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from napari_medseg import _job_guard as guard
 from napari_medseg._atomic import write_text_atomic
 from napari_medseg._options import close_matches_message, look_up_option
 from napari_medseg.errors import CancelledError, FileFormatError, InvalidInputError, MedsegError
@@ -92,6 +93,10 @@ _LOCK_FILE = ".job.lock"
 # a job whose parent died between creating the folder and recording the pid is "pending" for this long
 _PENDING_GRACE_S = 60.0
 _POLL_S = 0.05
+_MAX_READ_BYTES = 16 << 20  # per read of the events file: memory stays bounded however big it grows
+_OUTPUT_LOCK_WAIT_S = 5.0  # the child waits this long for a job that is ending to release the output
+_RECORD_LOCK_WAIT_S = 10.0
+_MAX_REFRESH_CHUNKS = 64  # x 16 MiB: 1 GiB of events per status check at most
 
 
 class JobKind(StrEnum):
@@ -465,14 +470,17 @@ def run_reported(
         return
     owned = not isinstance(job_dir, JobReporter)
     reporter = JobReporter(job_dir, **reporter_options) if owned else job_dir
+    lock: guard.OutputLock | None = None
     try:
         reporter.emit(
             EventType.STARTED,
             argv=list(sys.argv[1:] if argv is None else argv),
             pid=os.getpid(),
+            pid_create_time=guard.create_time_of(os.getpid()),
             host=socket.gethostname(),
         )
         try:
+            lock = _child_output_lock(reporter)
             yield reporter
         except (CancelledError, KeyboardInterrupt) as exc:
             message = str(exc) or "cancelled"
@@ -493,8 +501,35 @@ def run_reported(
         else:
             reporter.emit(EventType.DONE, outputs=reporter.outputs)
     finally:
+        if lock is not None:
+            with contextlib.suppress(OSError):
+                lock.release()
         if owned:
             reporter.close()
+
+
+def _child_output_lock(reporter: JobReporter) -> guard.OutputLock | None:
+    """In a job's child: take the lock on the output this command writes (None if it writes none).
+
+    The command is this process's own argv (what it really runs), parsed as start_job parsed it; a
+    job that is ending is given a few seconds to release the output.
+
+    Raises
+    ------
+    InvalidInputError
+        If another job holds the output (the message names it).
+    """
+    if not reporter.writes_events:  # torchrun ranks other than 0 share rank 0's lock
+        return None
+    argv = list(sys.argv[1:])
+    if "--job-dir" in argv:
+        index = argv.index("--job-dir")
+        del argv[index : index + 2]
+    kind = "selftest" if argv[:2] == ["jobs", "selftest"] else (argv[0] if argv else "")
+    lock = _output_lock(kind, argv, os.getcwd()) if kind in {str(k) for k in JobKind} else None
+    if lock is not None:
+        lock.acquire(timeout_s=_OUTPUT_LOCK_WAIT_S, job_id=reporter.folder.name)
+    return lock
 
 
 def _emit_final(reporter: JobReporter, event: str, **fields: Any) -> None:
@@ -527,10 +562,12 @@ def reporter_from_args(args: argparse.Namespace, **reporter_options: Any) -> Job
 # --------------------------------------------------------------------------------------------------
 
 
-def read_events(job_dir: str | os.PathLike, offset: int = 0) -> tuple[list[dict], int]:
+def read_events(job_dir: str | os.PathLike, offset: int = 0, *, max_bytes: int = _MAX_READ_BYTES) -> tuple[list[dict], int]:
     """Read the complete event lines of ``job_dir/events.jsonl`` from byte ``offset``.
 
-    Non-blocking: a last line the child has not finished writing is left for the next call.
+    Non-blocking: a last line the child has not finished writing is left for the next call. At most
+    ``max_bytes`` are read per call (call again from the returned offset for more); a file that is
+    not a regular file (a FIFO, a symlink) is refused, never waited on.
 
     Parameters
     ----------
@@ -538,6 +575,8 @@ def read_events(job_dir: str | os.PathLike, offset: int = 0) -> tuple[list[dict]
         The job folder.
     offset : int
         Byte offset to start from: 0, or the offset a previous call returned. Default 0.
+    max_bytes : int, keyword-only
+        Read at most this many bytes (default 16 MiB).
 
     Returns
     -------
@@ -550,17 +589,26 @@ def read_events(job_dir: str | os.PathLike, offset: int = 0) -> tuple[list[dict]
     ------
     InvalidInputError
         If ``offset`` is negative.
+    FileFormatError
+        If the events file is not a regular file.
     """
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise InvalidInputError(f"offset={offset!r} must be a non-negative byte offset")
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise InvalidInputError(f"max_bytes={max_bytes!r} must be a positive number of bytes")
     try:
-        with open(Path(job_dir) / EVENTS_FILE, "rb") as fh:
+        # the file is data anyone may have replaced: never follow a link, never block on a FIFO
+        with guard.open_regular_file(Path(job_dir) / EVENTS_FILE, what="events file") as fh:
             fh.seek(offset)
-            data = fh.read()
+            data = fh.read(max_bytes)
     except FileNotFoundError:
         return [], offset
     end = data.rfind(b"\n")
     if end < 0:
+        if len(data) == max_bytes:  # one "line" longer than a read: not an event; step over it
+            where = Path(job_dir) / EVENTS_FILE
+            warnings.warn(f"{where}: skipped {max_bytes} bytes without a line end at offset {offset}", stacklevel=2)
+            return [], offset + max_bytes
         return [], offset
     events = []
     for raw in data[:end].split(b"\n"):
@@ -579,60 +627,9 @@ def read_events(job_dir: str | os.PathLike, offset: int = 0) -> tuple[list[dict]
 
 
 # --------------------------------------------------------------------------------------------------
-# process identity (pid + start time, so a reused pid is never mistaken for the job or signalled)
+# process identity: pid + creation time + a command line naming the job folder (psutil, in _job_guard),
+# so a reused pid or an unrelated process is never mistaken for the job or signalled
 # --------------------------------------------------------------------------------------------------
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, start time in clock ticks since boot) from Linux's /proc, or None if no such process."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (OSError, ValueError):
-        return None
-    fields = text[text.rindex(")") + 2 :].split()  # the command name may contain spaces and ')'
-    return fields[0], int(fields[19])
-
-
-_HAS_PROC = sys.platform.startswith("linux") and os.path.exists("/proc/self/stat")
-
-
-def _process_start_id(pid: int) -> int | None:
-    if _HAS_PROC:
-        stat = _proc_stat(pid)
-        return None if stat is None else stat[1]
-    return None
-
-
-def _windows_pid_alive(pid: int) -> bool:  # pragma: no cover - Windows only
-    import ctypes
-
-    kernel32 = ctypes.windll.kernel32
-    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-    if not handle:
-        return False
-    try:
-        code = ctypes.c_ulong()
-        return bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value == 259  # STILL_ACTIVE
-    finally:
-        kernel32.CloseHandle(handle)
-
-
-def _pid_alive(pid: int, start_id: int | None) -> bool:
-    if _HAS_PROC:
-        stat = _proc_stat(pid)
-        if stat is None or stat[0] in ("Z", "X"):  # gone, or a zombie its parent has not reaped yet
-            return False
-        return start_id is None or stat[1] == start_id
-    if os.name == "nt":  # pragma: no cover
-        return _windows_pid_alive(pid)
-    try:  # pragma: no cover - other POSIX systems: no start time, no zombie check
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 # the Popen objects of the children this process started, so they are reaped (no zombies) and their
 # exit codes known; any Job object for the same id in this process uses them
@@ -709,16 +706,16 @@ class Job:
     """
 
     def __init__(self, folder: str | os.PathLike) -> None:
+        from filelock import FileLock
+
         self.folder = Path(folder)
         record = self._record()
-        try:
-            self.id = str(record["id"])
-            self.kind = str(record["kind"])
-            self.argv = [str(a) for a in record["argv"]]
-            self.created = float(record["created"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FileFormatError(f"{self.folder / JOB_FILE}: not a job record (missing or bad {exc})") from exc
+        self.id = record["id"]
+        self.kind = record["kind"]
+        self.argv = list(record["argv"])
+        self.created = float(record["created"])
         self._lock = threading.RLock()
+        self._file_lock = FileLock(str(self.folder / _LOCK_FILE), timeout=_RECORD_LOCK_WAIT_S)
         self._summary = _Summary()
 
     def __repr__(self) -> str:
@@ -733,16 +730,17 @@ class Job:
     # -- job.json -----------------------------------------------------------------------------------
 
     def _record(self) -> dict:
+        # a record is data anyone who can write the jobs folder may have crafted: read a bounded
+        # regular file (never a FIFO or a link), then check every field before any use
         path = self.folder / JOB_FILE
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
+            data = guard.read_regular_file(path, max_bytes=guard.MAX_RECORD_BYTES, what="job record")
+            record = json.loads(data.decode("utf-8"))
         except FileNotFoundError as exc:
             raise FileFormatError(f"{path}: no such job record (is {self.folder} a job folder?)") from exc
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise FileFormatError(f"{path}: cannot read the job record: {exc}") from exc
-        if not isinstance(record, dict):
-            raise FileFormatError(f"{path}: the job record is not a JSON object")
-        return record
+        return guard.check_record(record, path=path, folder_name=self.folder.name, kinds=[str(k) for k in JobKind])
 
     @property
     def record(self) -> dict:
@@ -754,16 +752,10 @@ class Job:
         # serialise read-modify-write of job.json between processes (two GUIs, a GUI and the CLI)
         with self._lock:
             try:
-                import fcntl
-            except ImportError:  # pragma: no cover - Windows: no cross-process lock
-                yield
-                return
-            with open(self.folder / _LOCK_FILE, "a+b") as fh:
-                fcntl.flock(fh, fcntl.LOCK_EX)
-                try:
+                with self._file_lock:
                     yield
-                finally:
-                    fcntl.flock(fh, fcntl.LOCK_UN)
+            except TimeoutError as exc:  # filelock.Timeout
+                raise FileFormatError(f"{self.folder / _LOCK_FILE}: the job record stays locked: {exc}") from None
 
     def _update_record(self, **fields: Any) -> dict:
         with self._locked():
@@ -786,9 +778,15 @@ class Job:
         return read_events(self.folder, offset)
 
     def _refresh(self) -> _Summary:
+        # read on until the end, a bounded chunk at a time: memory stays bounded (the summary keeps
+        # the last events only), and a huge file is read at most _MAX_REFRESH_CHUNKS chunks per call
         with self._lock:
-            events, self._summary.offset = read_events(self.folder, self._summary.offset)
-            self._summary.update(events)
+            for _ in range(_MAX_REFRESH_CHUNKS):
+                before = self._summary.offset
+                events, self._summary.offset = read_events(self.folder, before)
+                self._summary.update(events)
+                if self._summary.offset == before or self._summary.final is not None:
+                    break
             return self._summary
 
     def _liveness(self, record: dict) -> bool | None:
@@ -807,10 +805,45 @@ class Job:
             return False
         if record.get("host") != socket.gethostname():
             return None
+        pid, create_time = self._identity(record)
+        if pid is None:
+            return None
+        return guard.process_if_same(pid, create_time, self.folder) is not None
+
+    def _identity(self, record: dict) -> tuple[int | None, float | None]:
+        """The job's (pid, creation time): from the record, else from the ``started`` event."""
         if record.get("pid") is not None:
-            return _pid_alive(int(record["pid"]), record.get("pid_start"))
+            return record["pid"], record.get("pid_create_time")
         started = self._refresh().started  # the parent died before recording the pid
-        return None if started is None else _pid_alive(int(started["pid"]), None)
+        if started is None:
+            return None, None
+        pid, create_time = started.get("pid"), started.get("pid_create_time")
+        if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 2**31:
+            return None, None
+        if isinstance(create_time, bool) or not isinstance(create_time, (int, float)) or not math.isfinite(create_time):
+            create_time = None
+        return pid, create_time
+
+    def check_identity(self) -> None:
+        """Refuse to act on a job whose record names a running process that is not provably its own.
+
+        Raises
+        ------
+        InvalidInputError
+            If the recorded pid runs but the record has no creation time or another one.
+        """
+        record = self._record()
+        if record.get("host") != socket.gethostname():
+            return
+        with _CHILDREN_LOCK:
+            if self.id in _CHILDREN:  # started by this process: the Popen object is its identity
+                return
+        pid, create_time = self._identity(record)
+        problem = guard.identity_problem(
+            pid, create_time, where=f"job {self.id}: {self.folder / JOB_FILE}", job_dir=self.folder
+        )
+        if problem:
+            raise InvalidInputError(problem)
 
     def is_alive(self) -> bool:
         """Whether the child process still runs.
@@ -967,51 +1000,86 @@ class Job:
         Raises
         ------
         InvalidInputError
-            If a timeout is negative.
+            If a timeout is negative, or the record names a running process that cannot be proven
+            to be this job's (no creation time, or another one): nothing is signalled then.
 
         Notes
         -----
-        A job on another host only gets the flag: signals cannot reach it.
+        A job on another host only gets the flag: signals cannot reach it. A process is this job's
+        only when its pid and its creation time (psutil) both match the record.
         """
         kill_after_s = timeout_s if kill_after_s is None else kill_after_s
         for name, value in (("timeout_s", timeout_s), ("kill_after_s", kill_after_s)):
             if not value >= 0:
                 raise InvalidInputError(f"{name}={value!r} must be >= 0")
+        self.check_identity()
         status = self.status()
         if status.is_final:
             return status
         self.request_cancel()
         if self._wait_exit(timeout_s):
             return self.wait(timeout_s=1.0)
-        self._send_signal(signal.SIGTERM, group=False)
+        self._send_signal(signal.SIGTERM, tree=False)
         if self._wait_exit(kill_after_s):
             return self.wait(timeout_s=1.0)
-        self._send_signal(getattr(signal, "SIGKILL", signal.SIGTERM), group=True)
+        self._send_signal(getattr(signal, "SIGKILL", signal.SIGTERM), tree=True)
         self._wait_exit(10.0)
         return self.wait(timeout_s=1.0)
 
-    def _send_signal(self, sig: int, *, group: bool) -> bool:
+    def _process(self):
+        """This job's running process (a ``psutil.Process``: pid and creation time match), or None."""
+        import psutil
+
         record = self._record()
-        if record.get("host") != socket.gethostname() or record.get("pid") is None:
-            return False
-        pid = int(record["pid"])
-        if not self._alive_here():  # never signal a pid that is no longer this job's process
-            return False
-        try:
-            if group and hasattr(os, "killpg") and os.getpgid(pid) == pid:
-                os.killpg(pid, sig)
-            else:
-                os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return False
-        self._update_record(signals=[{"signal": signal.Signals(sig).name, "time": time.time()}])
-        return True
+        if record.get("host") != socket.gethostname():
+            return None
+        with _CHILDREN_LOCK:
+            popen = _CHILDREN.get(self.id)
+        if popen is not None:
+            if popen.poll() is not None:
+                return None
+            with contextlib.suppress(psutil.Error):
+                return psutil.Process(popen.pid)
+            return None
+        pid, create_time = self._identity(record)
+        return guard.process_if_same(pid, create_time, self.folder)
 
-    def resume(self) -> Job:
-        """Start a new job that continues this one: the same argv with ``--resume`` added.
+    def _send_signal(self, sig: int, *, tree: bool) -> bool:
+        import psutil
 
-        The new job records ``resumed_from`` (this id) and this one ``resumed_by``; it runs in the
-        same folder as the original (``cwd``) with the same interpreter and extra environment.
+        process = self._process()
+        if process is None:  # never signal a pid that is not (or no longer) this job's process
+            return False
+        targets = [process]
+        if tree:  # the children (data loader workers...) first collected, then all signalled
+            with contextlib.suppress(psutil.Error):
+                targets += process.children(recursive=True)
+        sent = False
+        for target in targets:
+            # psutil re-checks the pid's creation time before signalling, so a reused pid is spared
+            with contextlib.suppress(psutil.Error):
+                target.send_signal(sig)
+                sent = sent or target is process
+        if sent:
+            self._update_record(signals=[{"signal": signal.Signals(sig).name, "time": time.time()}])
+        return sent
+
+    def resume(self, *, python: str | os.PathLike | None = None) -> Job:
+        """Start a new job that continues this one: the same validated request with ``--resume``.
+
+        The record is data, never code: its command must be its kind's ``medseg`` subcommand and its
+        arguments ones that subcommand's parser accepts; its extra environment may only set the
+        variables :func:`start_job` allows. The new job runs ``python -m napari_medseg.cli`` with
+        this interpreter (or ``python``, given by the caller), never one the record names, in the
+        record's working folder. ``--resume`` is added for the commands that have it (train,
+        finetune, refine, selftest); the others run again. The new job records ``resumed_from``
+        (this id) and this one ``resumed_by``.
+
+        Parameters
+        ----------
+        python : str, os.PathLike or None, keyword-only
+            The interpreter for the new child (default ``sys.executable``; in 3D Slicer, pass
+            ``PythonSlicer``).
 
         Returns
         -------
@@ -1021,7 +1089,8 @@ class Job:
         Raises
         ------
         InvalidInputError
-            If this job is still pending or running (cancel it first) or finished with ``done``.
+            If this job is still pending or running (cancel it first) or finished with ``done``, or
+            its record does not hold a valid request (the message names the record and the field).
         """
         status = self.status()
         if not status.is_final:
@@ -1029,14 +1098,23 @@ class Job:
         if status == JobStatus.DONE:
             raise InvalidInputError(f"job {self.id} is done; there is nothing to resume")
         record = self._record()
-        argv = self.argv if "--resume" in self.argv else [*self.argv, "--resume"]
+        where = f"job {self.id}: {self.folder / JOB_FILE}"
+        request = guard.parse_request(self.kind, self.argv, where=where)
+        env = guard.check_env(record.get("env"), where=where)
+        cwd = record.get("cwd")
+        if not isinstance(cwd, str) or not Path(cwd).is_absolute() or not Path(cwd).is_dir():
+            raise InvalidInputError(f"{where}: cwd={cwd!r:.80} is not an existing absolute folder")
+        argv = list(self.argv)
+        if hasattr(request, "resume") and "--resume" not in argv:
+            argv.append("--resume")
+        self._wait_exit(_OUTPUT_LOCK_WAIT_S)  # a job that has just ended may still hold its output
         new = _launch(
             self.kind,
             argv,
             jobs_root=self.folder.parent,
-            env=record.get("env") or None,
-            cwd=record.get("cwd"),
-            python=record.get("python"),
+            env=env or None,
+            cwd=cwd,
+            python=python,
             resumed_from=self.id,
         )
         self._update_record(resumed_by=new.id)
@@ -1079,31 +1157,42 @@ def _tail_lines(path: Path, n: int, *, block: int = 65536) -> list[str]:
     if n == 0:
         return []
     try:
-        with open(path, "rb") as fh:
+        with guard.open_regular_file(path, what="log file") as fh:
             fh.seek(0, os.SEEK_END)
             position = fh.tell()
             data = b""
-            while position > 0 and data.count(b"\n") <= n:
+            while position > 0 and data.count(b"\n") <= n and len(data) < _MAX_READ_BYTES:
                 step = min(block, position)
                 position -= step
                 fh.seek(position)
                 data = fh.read(step) + data
     except FileNotFoundError:
         return []
+    except FileFormatError as exc:  # a FIFO or a link where the log should be: say so, read nothing
+        return [f"({exc})\n"]
     lines = data.decode("utf-8", errors="replace").splitlines(keepends=True)
     return lines[-n:]
 
 
 def _check_argv(argv: Sequence[str]) -> list[str]:
-    if isinstance(argv, (str, bytes)) or not isinstance(argv, Sequence):
-        raise InvalidInputError(f"argv={argv!r} must be a list of strings such as ['train', '--config', 'c.yaml']")
-    argv = list(argv)
-    if not argv or not all(isinstance(a, str) for a in argv):
-        raise InvalidInputError(f"argv={argv!r} must be a non-empty list of strings")
-    for reserved in ("--job-dir", "--"):
-        if reserved in argv or any(a.startswith("--job-dir=") for a in argv):
-            raise InvalidInputError(f"argv must not contain {reserved!r}: start_job adds --job-dir itself")
-    return argv
+    return guard.check_argv(argv, where="start_job")
+
+
+# the kinds whose command writes one output (--output, or predict's OUT) that the job locks
+_OUTPUT_KINDS = frozenset({JobKind.TRAIN, JobKind.FINETUNE, JobKind.REFINE, JobKind.PREDICT, JobKind.SELFTEST})
+
+
+def _output_lock(kind: str, argv: Sequence[str], cwd: str | os.PathLike) -> guard.OutputLock | None:
+    """The lock on the output ``medseg <argv>`` writes, or None (no output, or argv the parser refuses:
+    the child then reports that itself)."""
+    if kind not in _OUTPUT_KINDS:
+        return None
+    try:
+        request = guard.parse_request(str(kind), argv, where="start_job")
+    except InvalidInputError:
+        return None
+    output = guard.output_of_request(request, cwd)
+    return None if output is None else guard.OutputLock(output)
 
 
 def _new_job_id(kind: str) -> str:
@@ -1135,14 +1224,16 @@ def start_job(
         Where job folders live (default :func:`default_jobs_root`).
     env : mapping or None, keyword-only
         Extra environment variables for the child, on top of this process's environment; recorded
-        in ``job.json`` so :meth:`Job.resume` uses them again.
+        in ``job.json`` so :meth:`Job.resume` uses them again. Only ``MEDSEG_*``,
+        ``CUDA_VISIBLE_DEVICES``, ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` and
+        ``PYTORCH_CUDA_ALLOC_CONF`` may be set (others could make the child run other code).
     cwd : str, os.PathLike or None, keyword-only
         The child's working folder, against which relative paths in ``argv`` resolve (default: the
         current one); recorded for :meth:`Job.resume`.
     python : str, os.PathLike or None, keyword-only
         The Python interpreter that runs the child (default ``sys.executable``). Inside 3D Slicer,
         whose ``sys.executable`` may be the application, pass the path of ``PythonSlicer``.
-        Recorded for :meth:`Job.resume`.
+        Recorded for information only: :meth:`Job.resume` never runs an interpreter a record names.
 
     Returns
     -------
@@ -1153,8 +1244,10 @@ def start_job(
     ------
     InvalidInputError
         If ``kind`` is unknown, ``argv`` is not a non-empty list of strings or contains
-        ``--job-dir``/``--``, ``cwd`` is not a folder, ``python`` is not an existing file, or the
-        job folder cannot be created under ``jobs_root``.
+        ``--job-dir``/``--``, ``env`` sets a variable not allowed, ``cwd`` is not a folder,
+        ``python`` is not an existing file, the job folder cannot be created under ``jobs_root``,
+        or another job holds the output ``argv`` names (``--output``, predict's ``OUT``: the
+        message names that job).
     MedsegError
         If the process cannot be started (the job is recorded as ``lost``).
     """
@@ -1176,10 +1269,14 @@ def _launch(
     interpreter = os.fspath(python) if python is not None else sys.executable
     if not interpreter or not Path(interpreter).is_file():
         raise InvalidInputError(f"python={interpreter!r} is not an existing Python interpreter")
-    extra_env = {str(k): str(v) for k, v in (env or {}).items()}
+    extra_env = guard.check_env(env, where="start_job")
     workdir = Path(cwd) if cwd is not None else Path.cwd()
     if not workdir.is_dir():
         raise InvalidInputError(f"cwd={str(workdir)!r} is not an existing folder")
+    lock = _output_lock(kind, argv, workdir)
+    if lock is not None and lock.output.parent.is_dir():  # refuse now, naming the job that writes there
+        lock.acquire(timeout_s=0, job_id=None)  # (the child takes and holds the lock itself)
+        lock.release()
     root = _resolve_root(jobs_root)
     job_id = _new_job_id(kind)
     folder = root / job_id
@@ -1222,27 +1319,55 @@ def _launch(
         raise MedsegError(f"job {job_id}: could not start {command[0]}: {exc}") from exc
     with _CHILDREN_LOCK:
         _CHILDREN[job_id] = popen
-    job._update_record(pid=popen.pid, pid_start=_process_start_id(popen.pid))
+    job._update_record(pid=popen.pid, pid_create_time=guard.create_time_of(popen.pid))
     return job
+
+
+def scan_jobs(jobs_root: str | os.PathLike | None = None) -> tuple[list[Job], list[tuple[Path, str]]]:
+    """The jobs under ``jobs_root`` (oldest first) and the folders skipped, with the reason.
+
+    Never blocks and never follows a link out of the jobs folder: a job folder that is a symlink, a
+    ``job.json`` that is a symlink, a FIFO, too big, not JSON or not a valid record is skipped and
+    reported. Folders without a ``job.json`` (such as the plugin's ``runs/``) are not jobs.
+
+    Returns
+    -------
+    jobs : list of Job
+    problems : list of (Path, str)
+        The skipped folders and why.
+    """
+    root = _resolve_root(jobs_root)
+    jobs: list[Job] = []
+    problems: list[tuple[Path, str]] = []
+    try:
+        entries = sorted(root.iterdir()) if root.is_dir() else []
+    except OSError as exc:
+        return [], [(root, f"cannot list the jobs folder: {exc.strerror or exc}")]
+    for folder in entries:
+        if folder.name.startswith("."):
+            continue
+        try:
+            if folder.is_symlink():
+                if (folder / JOB_FILE).exists():
+                    problems.append((folder, "the job folder is a symbolic link; job folders must be real folders"))
+                continue
+            if not folder.is_dir() or not os.path.lexists(folder / JOB_FILE):
+                continue
+            jobs.append(Job(folder))
+        except (FileFormatError, OSError) as exc:
+            problems.append((folder, str(exc)))
+    return sorted(jobs, key=lambda job: (job.created, job.id)), problems
 
 
 def list_jobs(jobs_root: str | os.PathLike | None = None) -> list[Job]:
     """All jobs under ``jobs_root`` (default :func:`default_jobs_root`), oldest first.
 
-    A folder without a readable ``job.json`` is skipped with a warning.
+    A folder whose ``job.json`` cannot be used (see :func:`scan_jobs`) is skipped with a warning.
     """
-    root = _resolve_root(jobs_root)
-    if not root.is_dir():
-        return []
-    jobs = []
-    for folder in sorted(root.iterdir()):
-        if not folder.is_dir() or folder.name.startswith(".") or not (folder / JOB_FILE).exists():
-            continue
-        try:
-            jobs.append(Job(folder))
-        except FileFormatError as exc:
-            warnings.warn(f"skipped {folder}: {exc}", stacklevel=2)
-    return sorted(jobs, key=lambda job: (job.created, job.id))
+    jobs, problems = scan_jobs(jobs_root)
+    for folder, why in problems:
+        warnings.warn(f"skipped {folder}: {why}", stacklevel=2)
+    return jobs
 
 
 def get_job(id_or_prefix: str, *, jobs_root: str | os.PathLike | None = None) -> Job:
@@ -1265,12 +1390,17 @@ def get_job(id_or_prefix: str, *, jobs_root: str | os.PathLike | None = None) ->
     if not text:
         raise InvalidInputError("job id is empty; see 'medseg jobs list'")
     as_path = Path(text)
-    if as_path.is_dir() and (as_path / JOB_FILE).exists():
+    if as_path.is_dir() and os.path.lexists(as_path / JOB_FILE):
         return Job(as_path)
     root = _resolve_root(jobs_root)
-    if (root / text / JOB_FILE).exists():
+    # an id is a name in the jobs folder, never a path out of it
+    if "/" not in text and os.sep not in text and text not in (".", "..") and os.path.lexists(root / text / JOB_FILE):
+        if (root / text).is_symlink():
+            raise FileFormatError(f"{root / text}: the job folder is a symbolic link; job folders must be real folders")
         return Job(root / text)
-    ids = [job.id for job in list_jobs(root)]
+    with warnings.catch_warnings():  # an unusable record elsewhere in the folder is not this lookup's error
+        warnings.simplefilter("ignore")
+        ids = [job.id for job in list_jobs(root)]
     matches = [job_id for job_id in ids if job_id.startswith(text)]
     if len(matches) == 1:
         return Job(root / matches[0])

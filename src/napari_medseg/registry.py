@@ -41,9 +41,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -173,7 +175,36 @@ _Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN or inf in a card (a window centre, a spacing, a metric) is refused at load, naming the field:
+    # computed with, it would give an empty segmentation rather than an error
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# bounds a card must stay within (docs/model-card.md); a card beyond them would make predict and
+# training allocate until the machine runs out of memory
+MAX_PATCH_SIDE = 4096
+MAX_PATCH_VOXELS = 1 << 27  # 512^3
+MAX_CHANNELS = 64
+MAX_LABELS = 1024
+MAX_LABEL_VALUE = 65535  # label maps are written as up to 16-bit integers
+MAX_PATCH_VALUES = 1 << 30  # (channels or labels) x patch voxels: 4 GiB of float32 per patch
+
+
+def _non_finite_path(value: Any, path: str = "") -> str | None:
+    """The path of the first NaN/inf float in a nested structure of dicts and lists, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "(value)"
+    if isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite_path(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 class ArchitectureSpec(_Spec):
@@ -191,6 +222,9 @@ class ArchitectureSpec(_Spec):
                 f"{', '.join(reserved)} must not be given here: the card's spatial_dims, channels, labels "
                 "and dropout fields decide them"
             )
+        bad = _non_finite_path(value)
+        if bad is not None:
+            raise ValueError(f"{bad} must be a finite number (NaN and inf are refused)")
         return value
 
 
@@ -345,11 +379,16 @@ class ModelCard(_Spec):
     @field_validator("labels")
     @classmethod
     def _labels(cls, value: dict[int, LabelSpec]) -> dict[int, LabelSpec]:
+        if len(value) > MAX_LABELS:
+            raise ValueError(f"{len(value)} labels; at most {MAX_LABELS} are supported")
         if 0 not in value:
             raise ValueError("must include 0 (background): output channel i is the i-th label value")
         negative = [k for k in value if k < 0]
         if negative:
             raise ValueError(f"label values must be >= 0, got {negative}")
+        large = [k for k in value if k > MAX_LABEL_VALUE]
+        if large:
+            raise ValueError(f"label values must be <= {MAX_LABEL_VALUE}, got {large[:5]}")
         names = [v.name for v in value.values()]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
@@ -379,10 +418,24 @@ class ModelCard(_Spec):
     def _patch(cls, value: tuple[int, ...]) -> tuple[int, ...]:
         if not all(p > 0 for p in value):
             raise ValueError(f"every patch size must be a positive number of voxels, got {value}")
+        if any(p > MAX_PATCH_SIDE for p in value) or math.prod(value) > MAX_PATCH_VOXELS:
+            raise ValueError(
+                f"{list(value)} is larger than supported: at most {MAX_PATCH_SIDE} voxels a side and "
+                f"{MAX_PATCH_VOXELS} voxels in all"
+            )
         return value
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelCard:
+        if len(self.channels) > MAX_CHANNELS:
+            raise ValueError(f"channels: {len(self.channels)} channels; at most {MAX_CHANNELS} are supported")
+        widest = max(len(self.channels), len(self.labels))
+        if widest * math.prod(self.patch_size) > MAX_PATCH_VALUES:
+            raise ValueError(
+                f"patch_size {list(self.patch_size)} with {widest} channels/labels needs "
+                f"{widest * math.prod(self.patch_size) * 4 / 2**30:.1f} GiB per patch; at most "
+                f"{MAX_PATCH_VALUES * 4 / 2**30:.0f} GiB is supported"
+            )
         if len(self.patch_size) != self.spatial_dims:
             raise ValueError(
                 f"patch_size {list(self.patch_size)} has {len(self.patch_size)} entries but spatial_dims is "
@@ -550,6 +603,8 @@ def _safe_yaml(text: str, *, source: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise FileFormatError(f"{source}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise FileFormatError(f"{source}: not a model card: nested too deeply") from None
 
 
 def read_card(path: str | os.PathLike) -> ModelCard:
@@ -573,12 +628,19 @@ def read_card(path: str | os.PathLike) -> ModelCard:
         (e.g. ``labels.1.color.0: Input should be less than or equal to 1``).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileFormatError(f"model card {path} does not exist or is not a file")
-    if path.stat().st_size > _MAX_CARD_BYTES:
+    try:
+        if not path.is_file():
+            raise FileFormatError(f"model card {path} does not exist or is not a file")
+        if path.stat().st_size > _MAX_CARD_BYTES:
+            raise FileFormatError(f"model card {path} is larger than {_MAX_CARD_BYTES} bytes; that is not a card")
+        with open(path, "rb") as fh:  # bounded: the file may have grown since the stat
+            raw = fh.read(_MAX_CARD_BYTES + 1)
+    except OSError as exc:  # unreadable (permissions, I/O error): the user's situation, not a bug
+        raise FileFormatError(f"model card {path} cannot be read: {exc.strerror or exc}") from None
+    if len(raw) > _MAX_CARD_BYTES:
         raise FileFormatError(f"model card {path} is larger than {_MAX_CARD_BYTES} bytes; that is not a card")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise FileFormatError(f"model card {path} is not UTF-8 text") from None
     if path.suffix.lower() == ".json":
@@ -586,6 +648,8 @@ def read_card(path: str | os.PathLike) -> ModelCard:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise FileFormatError(f"{path}: not valid JSON: {exc}") from None
+        except RecursionError:
+            raise FileFormatError(f"{path}: not a model card: nested too deeply") from None
     else:
         data = _safe_yaml(text, source=str(path))
     return _validate_card(data, source=str(path))
@@ -807,6 +871,32 @@ class RegistryModel:
             "model_folder": str(self.folder),
         }
 
+    def file_problems(self) -> list[str]:
+        """Cheap checks of the files the card names, without reading them (``verify`` hashes them).
+
+        Returns
+        -------
+        list of str
+            One message per problem: a missing file, a folder (or other non-file) where a file
+            should be, an empty file. Empty when every file looks usable.
+        """
+        problems = []
+        for spec in self.card.file_specs():
+            path = self._paths[spec.file]
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                problems.append(f"{spec.file}: missing")
+                continue
+            except OSError as exc:
+                problems.append(f"{spec.file}: cannot be read ({exc.strerror or exc})")
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                problems.append(f"{spec.file}: not a file ({'a folder' if stat.S_ISDIR(info.st_mode) else 'a special file'})")
+            elif info.st_size == 0:
+                problems.append(f"{spec.file}: empty (0 bytes)")
+        return problems
+
     def verify(self) -> None:
         """Check the sha256 of every file the card names.
 
@@ -832,14 +922,21 @@ class RegistryModel:
         Raises
         ------
         FileFormatError
-            If the file is missing, not a valid safetensors/PyTorch file, or holds pickled objects
-            other than tensors (refused, never executed).
+            If the file is missing, not a valid safetensors/PyTorch file, holds pickled objects
+            other than tensors (refused, never executed), or holds NaN or inf values.
         IntegrityError
             If the sha256 does not match the card.
         """
         path = self.weights_path()
         data = _read_checked(path, self.card.weights.sha256, card_path=self.card_path)
-        return _decode_weights(data, path=path)
+        state = _decode_weights(data, path=path)
+        for key, tensor in state.items():  # NaN/inf weights give NaN outputs: an empty segmentation
+            if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+                raise FileFormatError(
+                    f"{path}: weights of model {self.card.name!r} hold NaN or inf values (tensor {key!r}); "
+                    "the model cannot be used"
+                )
+        return state
 
     def load_network(self, device: str | torch.device = "cpu", *, dropout_rate: float | None = None) -> torch.nn.Module:
         """Verify every file, build the card's network and load its weights, in eval mode.
@@ -1034,15 +1131,24 @@ class Registry:
         return f"Registry({[str(p) for p, _ in self.search_path]!r}, user_dir={str(self.user_dir)!r})"
 
     # ------------------------------------------------------------------------------- scanning
-    def _candidates(self, folder: Path) -> Iterable[Path]:
-        if find_card_file(folder) is not None:
-            yield folder
+    def _candidates(self, folder: Path, problems: list[tuple[Path, str]]) -> Iterable[Path]:
+        # an unreadable folder is reported and skipped: one broken entry never breaks the others
+        try:
+            if find_card_file(folder) is not None:
+                yield folder
+                return
+            children = sorted(folder.iterdir())
+        except OSError as exc:
+            problems.append((folder, f"cannot be read: {exc.strerror or exc}"))
             return
-        for child in sorted(folder.iterdir()):
-            if child.name.startswith(".") or not child.is_dir():
-                continue
-            if find_card_file(child) is not None:
-                yield child
+        for child in children:
+            try:
+                if child.name.startswith(".") or not child.is_dir():
+                    continue
+                if find_card_file(child) is not None:
+                    yield child
+            except OSError as exc:
+                problems.append((child, f"cannot be read: {exc.strerror or exc}"))
 
     def scan(self) -> RegistryScan:
         """Scan the search path now (nothing is cached) and return what was found."""
@@ -1053,10 +1159,10 @@ class Registry:
                 if source is not ModelSource.USER and source is not ModelSource.SHIPPED:
                     result.problems.append((folder, "search folder does not exist"))
                 continue
-            for candidate in self._candidates(folder):
+            for candidate in self._candidates(folder, result.problems):
                 try:
                     model = load_model_folder(candidate, source=source)
-                except (InvalidInputError, IntegrityError) as exc:
+                except (InvalidInputError, IntegrityError, OSError) as exc:
                     result.problems.append((candidate, str(exc)))
                     continue
                 if model.name in winners:

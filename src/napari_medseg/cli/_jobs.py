@@ -148,7 +148,10 @@ def _metrics_text(summary: dict) -> str:
 
 
 def _created_text(created: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
+    except (OverflowError, OSError, ValueError, TypeError):  # an event's time is data: it may be anything
+        return "?"
 
 
 def run_start(args: argparse.Namespace) -> None:
@@ -166,9 +169,21 @@ def run_start(args: argparse.Namespace) -> None:
 
 
 def run_list(args: argparse.Namespace) -> None:
-    from napari_medseg.jobs import default_jobs_root, list_jobs
+    import sys
 
-    summaries = [job.summary() for job in list_jobs(args.jobs_dir)]
+    from napari_medseg.errors import MedsegError
+    from napari_medseg.jobs import default_jobs_root, scan_jobs
+
+    # a broken or hostile job folder is reported on stderr and skipped; the others are listed
+    jobs, problems = scan_jobs(args.jobs_dir)
+    summaries = []
+    for job in jobs:
+        try:
+            summaries.append(job.summary())
+        except (MedsegError, OSError) as exc:
+            problems.append((job.folder, str(exc)))
+    for folder, why in problems:
+        print(f"medseg jobs list: skipped {folder}: {why}", file=sys.stderr)
     if args.json:
         _print_json(summaries)
         return
@@ -185,7 +200,7 @@ def run_list(args: argparse.Namespace) -> None:
 
 def _event_text(event: dict) -> str:
     fields = {k: v for k, v in event.items() if k not in ("time", "event", "traceback")}
-    stamp = time.strftime("%H:%M:%S", time.localtime(event.get("time", 0)))
+    stamp = _created_text(event.get("time", 0))[-8:]
     return f"{stamp}  {event.get('event', '?'):<10}  " + json.dumps(fields, default=str)
 
 
@@ -234,6 +249,7 @@ def run_cancel(args: argparse.Namespace) -> None:
     from napari_medseg.jobs import get_job
 
     job = get_job(args.job_id, jobs_root=args.jobs_dir)
+    job.check_identity()  # a pid that is not provably the job's: refused (exit 2), never signalled
     before = job.status()
     if before.is_final:
         print(f"job {job.id} has already finished ({before}); nothing to cancel")

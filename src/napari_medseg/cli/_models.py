@@ -101,9 +101,11 @@ def run_list(args: argparse.Namespace) -> int:
 
     registry = Registry()
     scan = registry.scan()
+    # cheap file-level checks (no hashing: 'medseg models verify' does that)
+    file_problems = {str(m.folder): m.file_problems() for m in scan.models}
     if args.json:
         print(json.dumps({
-            "models": [_summary(m) for m in scan.models],
+            "models": [{**_summary(m), "file_problems": file_problems[str(m.folder)]} for m in scan.models],
             "shadowed": [{**_summary(hidden), "shadowed_by": str(winner.folder)} for hidden, winner in scan.shadowed],
             "problems": [{"folder": str(p), "error": why} for p, why in scan.problems],
             "search_path": [{"folder": str(p), "source": s.value} for p, s in scan.search_path],
@@ -130,6 +132,11 @@ def run_list(args: argparse.Namespace) -> int:
     if not scan.models:
         console.print("no models found; searched: " + ", ".join(f"{p} ({s.value})" for p, s in scan.search_path),
                       markup=False)
+    for m in scan.models:
+        if file_problems[str(m.folder)]:
+            console.print(f"warning: model {m.name!r} ({m.folder}): " + "; ".join(file_problems[str(m.folder)])
+                          + f"; it cannot be used until fixed (see 'medseg models verify {m.name}')",
+                          markup=False, style="yellow")
     for path, why in scan.problems:
         console.print(f"warning: {path}: skipped: {why}", markup=False, style="yellow")
     return 0
