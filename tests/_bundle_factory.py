@@ -58,7 +58,7 @@ def spleen_like():
          "nearest_interp": False, "to_tensor": True},
         {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
     ]
-    inferer = {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 16], "sw_batch_size": 2, "overlap": 0.5}
+    inferer = {"_target_": "SlidingWindowInferer", "roi_size": [16, 16, 16], "sw_batch_size": 4, "overlap": 0.5}
     return inference_config(copy.deepcopy(UNET), pre, post, inferer)
 
 
@@ -163,7 +163,7 @@ def brats_like():
         {"_target_": "Lambdad", "keys": "pred",
          "func": "$lambda x: torch.where(x[[2]] > 0, 4, torch.where(x[[0]] > 0, 1, torch.where(x[[1]] > 0, 2, 0)))"},
     ]
-    inferer = {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 16], "sw_batch_size": 1, "overlap": 0.5}
+    inferer = {"_target_": "SlidingWindowInferer", "roi_size": [16, 16, 8], "sw_batch_size": 1, "overlap": 0.5}
     return inference_config(net, pre, post, inferer)
 
 
@@ -184,7 +184,7 @@ def dynunet_like():
     inferer = {"_target_": "SlidingWindowInferer", "roi_size": "@roi", "sw_batch_size": 2, "overlap": 0.25,
                "mode": "gaussian", "sigma_scale": 0.2, "padding_mode": "replicate"}
     return inference_config(net, pre, post, inferer, extra={
-        "num_classes": 3, "pixdim": [1.0, 1.0, 1.6], "roi": "$[32, 32, 8 * len(@pixdim) // 2 + 4]"})
+        "num_classes": 3, "pixdim": [1.5, 1.5, 2.5], "roi": "$[16, 16, 4 * len(@pixdim) // 2 + 2]"})
 
 
 def swin_like():
@@ -195,9 +195,10 @@ def swin_like():
         {"_target_": "LoadImaged", "keys": "image", "ensure_channel_first": True},
         {"_target_": "Orientationd", "keys": "image", "axcodes": "LPS"},
         {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0, "channel_wise": False},
-        {"_target_": "Resized", "keys": "image", "spatial_size": [40, 36, 32], "mode": "trilinear"},
+        {"_target_": "Resized", "keys": "image", "spatial_size": [64, 64, 32], "mode": "trilinear"},
     ]
-    inferer = {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 32], "sw_batch_size": 1, "overlap": 0.25,
+    # SwinUNETR's bottleneck (1/32) needs more than one voxel for its instance norm
+    inferer = {"_target_": "SlidingWindowInferer", "roi_size": [64, 64, 32], "sw_batch_size": 1, "overlap": 0.25,
                "mode": "gaussian"}
     return inference_config(net, pre, SOFTMAX_POST, inferer)
 

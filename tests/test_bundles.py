@@ -32,7 +32,7 @@ from _bundle_factory import (
 from napari_medseg.bundles import evaluate_expression, import_monai_bundle, tensor_function
 from napari_medseg.errors import FileFormatError, InvalidInputError
 from napari_medseg.inference import predict
-from napari_medseg.registry import Registry
+from napari_medseg.registry import Registry, load_model_folder
 from napari_medseg.volume import read_volume
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -72,40 +72,36 @@ AFFINE = np.array([[-1.2, 0, 0, 10.0], [0, -1.0, 0, -20.0], [0, 0, 2.5, 5.0], [0
 def test_spleen_like_bundle_cli_matches_monai(tmp_path, run_cli):
     """UNet, Orientationd/Spacingd/ScaleIntensityRanged, sliding window, softmax + Invertd; via the CLI."""
     config = spleen_like()
-    calib = torch.from_numpy(np.clip(smooth_image((32, 32, 16), seed=5, scale=0.4, offset=0.5), 0, 1)).float()[None, None]
+    calib = torch.from_numpy(np.clip(smooth_image((16, 16, 16), seed=5, scale=0.4, offset=0.5), 0, 1)).float()[None, None]
     bundle, _ = write_bundle(tmp_path / "spleen_ct_segmentation", config, metadata("Spleen CT segmentation"),
                              calibrate_on=calib)
-    image = write_nifti(tmp_path / "case.nii.gz", smooth_image((40, 36, 20), seed=0), AFFINE)
+    image = write_nifti(tmp_path / "case.nii.gz", smooth_image((24, 26, 12), seed=0), AFFINE)
     reference = run_monai(bundle, image, tmp_path / "monai")
 
     user = tmp_path / "user"
     env = {**os.environ, "MEDSEG_USER_MODELS": str(user), "MEDSEG_MODELS": str(tmp_path / "none")}
     out = run_cli("models", "import-bundle", bundle, "--add", env=env).stdout
     assert "spleen_ct_segmentation" in out
-    card = json.loads(run_cli("models", "show", "spleen_ct_segmentation", "--json", env=env).stdout)
-    card = card.get("card", card)
-    assert card["axis_order"] == "xyz" and card["outputs"] == {"activation": "softmax", "channels": ["background", "spleen"]}
-    # the folder name is the registry name; the metadata's display name finds it too
-    run_cli("predict", image, tmp_path / "ours.nii.gz", "--model", "spleen_ct_segmentation", "--device", "cpu",
-            "--no-progress", env=env)
-    run_cli("predict", image, tmp_path / "ours2.nii.gz", "--model", "Spleen CT segmentation", "--device", "cpu",
+    card = load_model_folder(user / "spleen_ct_segmentation").card
+    assert card.axis_order == "xyz" and (card.outputs.activation, card.outputs.channels) == ("softmax", ["background", "spleen"])
+    # the metadata's display name finds the model too (the folder name is the registry name)
+    run_cli("predict", image, tmp_path / "ours.nii.gz", "--model", "Spleen CT segmentation", "--device", "cpu",
             "--no-progress", env=env)
     ours = nib.load(str(tmp_path / "ours.nii.gz"))
     ref = check_against_monai(np.asarray(ours.dataobj), reference, labels={0, 1})
     assert np.allclose(ours.affine, ref.affine, atol=1e-4) and ours.shape == ref.shape[:3]
-    assert np.array_equal(np.asarray(nib.load(str(tmp_path / "ours2.nii.gz")).dataobj), np.asarray(ours.dataobj))
 
 
 def test_brats_like_sigmoid_bundle_matches_monai(tmp_path):
     """SegResNet, 4 channels, sigmoid TC/WT/ET overlapping, labels {1, 2, 4} by the bundle's rule."""
-    calib = torch.from_numpy(np.stack([smooth_image((32, 32, 16), seed=s, scale=1.0, offset=0.0) for s in range(4)])).float()[None]
+    calib = torch.from_numpy(np.stack([smooth_image((16, 16, 8), seed=s, scale=1.0, offset=0.0) for s in range(4)])).float()[None]
     bundle, _ = write_bundle(tmp_path / "brats_mri_segmentation", brats_like(),
                              metadata("BraTS MRI segmentation", in_channels=4, out_names=("TC", "WT", "ET"), modality="MRI"),
                              calibrate_on=calib)
     files = []
     for c in range(4):
-        arr = smooth_image((36, 40, 18), seed=10 + c, scale=100, offset=300)
-        arr[:4] = 0  # background outside the head: NormalizeIntensityd(nonzero) skips it
+        arr = smooth_image((20, 24, 12), seed=10 + c, scale=100, offset=300)
+        arr[:3] = 0  # background outside the head: NormalizeIntensityd(nonzero) skips it
         files.append(write_nifti(tmp_path / f"case_{c}.nii.gz", arr, AFFINE))
     reference = run_monai(bundle, files, tmp_path / "monai")
     model = import_monai_bundle(bundle, tmp_path / "model")
@@ -124,25 +120,26 @@ def test_dynunet_res_block_bundle_matches_monai(tmp_path):
     KeepLargestConnectedComponentd; roi from a '$' expression, weights where the CheckpointLoader points."""
     config = dynunet_like()
     config["checkpointloader"]["load_path"] = "$@bundle_root + '/models/dyn/best_' + str(@num_classes) + '.pt'"
-    calib = torch.from_numpy(smooth_image((32, 32, 16), seed=7, scale=1.0, offset=0.0)).float()[None, None]
+    calib = torch.from_numpy(smooth_image((16, 16, 8), seed=7, scale=1.0, offset=0.0)).float()[None, None]
     bundle, _ = write_bundle(tmp_path / "dyn_res", config, metadata("dyn", out_names=("background", "a", "b")),
                              weights="models/dyn/best_3.pt", checkpoint_key=None, calibrate_on=calib)
-    arr = smooth_image((40, 36, 20), seed=3)
-    arr[:5] = 0
-    arr[:, -4:] = 0  # a margin CropForegroundd removes (and Invertd pads back)
+    arr = smooth_image((28, 24, 12), seed=3)
+    arr[:4] = 0
+    arr[:, -3:] = 0  # a margin CropForegroundd removes (and Invertd pads back)
     image = write_nifti(tmp_path / "case.nii.gz", arr, AFFINE)
     reference = run_monai(bundle, image, tmp_path / "monai", weights="models/dyn/best_3.pt", key=None)
     model = import_monai_bundle(bundle, tmp_path / "model")
-    assert model.card.patch_size == (16, 32, 32)  # roi [32, 32, 8 * 3 // 2 + 4], reversed to (z, y, x)
+    assert model.card.patch_size == (8, 16, 16)  # roi [16, 16, 4 * 3 // 2 + 2], reversed to (z, y, x)
     volume = read_volume(image)
     pred = predict(volume, model, device="cpu")
     check_against_monai(pred.labels.array.transpose(2, 1, 0), reference, labels={0, 1, 2})
     assert pred.labels.geometry.isclose(volume.geometry)
 
 
+@pytest.mark.slow
 def test_swin_unetr_bundle_matches_monai(tmp_path):
     """SwinUNETR (needs einops), Orientationd to LPS, ScaleIntensityd over all channels, Resized, Gaussian blending."""
-    calib = torch.from_numpy(np.clip(smooth_image((32, 32, 32), seed=9, scale=0.3, offset=0.5), 0, 1)).float()[None, None]
+    calib = torch.from_numpy(np.clip(smooth_image((64, 64, 32), seed=9, scale=0.3, offset=0.5), 0, 1)).float()[None, None]
     bundle, _ = write_bundle(tmp_path / "swin_small", swin_like(), metadata("swin"), calibrate_on=calib)
     image = write_nifti(tmp_path / "case.nii.gz", smooth_image((30, 28, 14), seed=4), AFFINE)
     reference = run_monai(bundle, image, tmp_path / "monai")
@@ -174,9 +171,9 @@ def test_invalid_classification_bundle(tmp_path):
          r"transforms\[2\]: RandFlipd is not reproduced"),
         (lambda c: c["postprocessing"]["transforms"].insert(3, {"_target_": "Lambdad", "keys": "pred",
                                                                 "func": "$lambda x: __import__('os').system('echo hi')"}),
-         r"the name '__import__' is outside the lambda subset"),
+         r"__import__.*is outside the lambda subset"),
         (lambda c: c["network_def"].update(channels="$__import__('os').getcwd()"),
-         r"the call __import__\(...\) is outside the expression subset"),
+         r"__import__.*is outside the expression subset"),
         (lambda c: c["network_def"].update(channels="$[x for x in range(3)]"), r"ListComp syntax is outside"),
         (lambda c: c["inferer"].update({"_target_": "SaliencyInferer", "cam_name": "GradCAM", "target_layers": "x"}),
          r"inferer._target_='SaliencyInferer' is not reproduced"),
@@ -269,3 +266,5 @@ def test_display_name_must_be_unambiguous(tmp_path):
     assert registry.get("one").name == "one"
     with pytest.raises(InvalidInputError, match="no model named 'Same Name'"):
         registry.get("Same Name")
+    registry = Registry([tmp_path / "models" / "one"], user_dir=tmp_path / "user")
+    assert registry.get("Same Name").name == "one"  # unambiguous: found by its display name
