@@ -247,8 +247,11 @@ def evaluate_expression(text: str, resolve: Callable[[str], Any] | None = None, 
     try:
         return _eval_node(tree, names)
     except _Refused as exc:
+        what = str(exc)
+        for local, ref in refs.items():  # name the references as the config writes them
+            what = what.replace(local, f"@{ref}")
         raise InvalidInputError(
-            f"{where}={text!r}: {exc} is outside the expression subset napari-medseg evaluates (see "
+            f"{where}={text!r}: {what} is outside the expression subset napari-medseg evaluates (see "
             "docs/model-card.md); bundle expressions are never run as code"
         ) from None
     except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, OverflowError) as exc:
