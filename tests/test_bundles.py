@@ -268,3 +268,38 @@ def test_display_name_must_be_unambiguous(tmp_path):
         registry.get("Same Name")
     registry = Registry([tmp_path / "models" / "one"], user_dir=tmp_path / "user")
     assert registry.get("Same Name").name == "one"  # unambiguous: found by its display name
+
+
+def test_axis_order_xyz_transposes_patches_in_and_out():
+    """A card's axis_order 'xyz' gives the network (B, C, x, y, z) patches: the same as running it on
+    the transposed volume and transposing back."""
+    from monai.networks.nets import UNet
+
+    from napari_medseg.inference import sliding_window_moments
+
+    torch.manual_seed(0)
+    net = UNet(3, 1, 3, channels=(4, 8), strides=(2,), num_res_units=0).eval()
+    image = np.random.default_rng(1).normal(size=(1, 10, 14, 18)).astype(np.float32)  # (C, z, y, x)
+    xyz = sliding_window_moments(image, net, patch_size=(8, 12, 16), overlap=0.5, axis_order="xyz").mean_p
+    ref = sliding_window_moments(np.ascontiguousarray(image.transpose(0, 3, 2, 1)), net, patch_size=(16, 12, 8),
+                                 overlap=0.5).mean_p
+    assert np.allclose(xyz, ref.transpose(2, 1, 0, 3), atol=1e-5)
+    zyx = sliding_window_moments(image, net, patch_size=(8, 12, 16), overlap=0.5).mean_p
+    assert not np.allclose(zyx, xyz, atol=1e-3)  # the order matters for this network
+    with pytest.raises(InvalidInputError, match="axis_order='yxz'"):
+        sliding_window_moments(image, net, patch_size=(8, 12, 16), axis_order="yxz")
+
+
+def test_optimised_dynunet_res_block_runs():
+    """DynUNet lists its blocks twice (skip_layers): the optimised copy wraps each layer once."""
+    from monai.networks.nets import DynUNet
+
+    from napari_medseg.networks import optimize_for_inference
+
+    torch.manual_seed(0)
+    net = DynUNet(3, 1, 2, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2],
+                  filters=[4, 8, 16], res_block=True).eval()
+    x = torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        fast = optimize_for_inference(net)(x.contiguous(memory_format=torch.channels_last_3d))
+        assert torch.allclose(fast, net(x), atol=1e-4)
