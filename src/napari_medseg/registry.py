@@ -482,7 +482,10 @@ class ModelCard(_Spec):
                             "dtype": "float32",
                             "value_range": [0, 1],
                             "is_patch_data": True,
-                            "channel_def": {str(i): self.labels[v].name for i, v in enumerate(self.label_values)},
+                            "channel_def": (
+                                {str(i): n for i, n in enumerate(self.outputs.channels)} if self.outputs is not None
+                                else {str(i): self.labels[v].name for i, v in enumerate(self.label_values)}
+                            ),
                         }
                     },
                 },
