@@ -44,22 +44,25 @@ def inference_config(network_def, preprocessing, postprocessing, inferer, *, ext
 
 
 def spleen_like():
+    """spleen_ct_segmentation: UNet, Orientationd/Spacingd/ScaleIntensityRanged, sliding window, softmax + Invertd."""
     pre = [
-        {"_target_": "LoadImaged", "keys": "image"},
-        {"_target_": "EnsureChannelFirstd", "keys": "image"},
-        {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
-        {"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0], "mode": "bilinear"},
-        {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -57, "a_max": 164, "b_min": 0, "b_max": 1, "clip": True},
-        {"_target_": "EnsureTyped", "keys": "image"},
+        {"_target_": "LoadImaged", "keys": "@image_key"},
+        {"_target_": "EnsureChannelFirstd", "keys": "@image_key"},
+        {"_target_": "Orientationd", "keys": "@image_key", "axcodes": "RAS"},
+        {"_target_": "Spacingd", "keys": "@image_key", "pixdim": [1.5, 1.5, 2.0], "mode": "bilinear"},
+        {"_target_": "ScaleIntensityRanged", "keys": "@image_key", "a_min": -57, "a_max": 164, "b_min": 0, "b_max": 1,
+         "clip": True},
+        {"_target_": "EnsureTyped", "keys": "@image_key", "device": "@device"},
     ]
     post = [
         {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-        {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+        {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "@image_key",
          "nearest_interp": False, "to_tensor": True},
         {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
     ]
-    inferer = {"_target_": "SlidingWindowInferer", "roi_size": [16, 16, 16], "sw_batch_size": 4, "overlap": 0.5}
-    return inference_config(copy.deepcopy(UNET), pre, post, inferer)
+    inferer = {"_target_": "SlidingWindowInferer", "roi_size": [16, 16, 16], "sw_batch_size": 4, "overlap": 0.5,
+               "sw_device": "@device"}
+    return inference_config(copy.deepcopy(UNET), pre, post, inferer, extra={"image_key": "image"})
 
 
 def metadata(name, *, in_channels=1, out_names=("background", "spleen"), task="Decathlon spleen segmentation",

@@ -467,13 +467,15 @@ class SafeConfig:
                 break
         return node if isinstance(node, Mapping) and "_target_" in node else None
 
-    def arguments(self, node: Mapping[str, Any], *, where: str, callables: Iterable[str] = ()) -> dict[str, Any]:
-        """A component's arguments, resolved; ``callables`` may hold a ``$lambda`` (see :func:`tensor_function`)."""
+    def arguments(self, node: Mapping[str, Any], *, where: str, callables: Iterable[str] = (),
+                  skip: Iterable[str] = ()) -> dict[str, Any]:
+        """A component's arguments, resolved; ``callables`` may hold a ``$lambda`` (see :func:`tensor_function`);
+        ``skip`` names arguments left out unevaluated."""
         if node.get("_mode_", "default") != "default":
             raise InvalidInputError(f"{self.path}: {where}: _mode_={node['_mode_']!r} is refused (only 'default')")
         out = {}
         for key, value in node.items():
-            if key in self._SPECIAL:
+            if key in self._SPECIAL or key in skip:
                 continue
             if key in callables and isinstance(value, str) and re.match(r"\$\s*lambda\b", value):
                 out[key] = tensor_function(value, where=f"{self.path}: {where}.{key}")
@@ -577,7 +579,9 @@ def _keys(args: Mapping[str, Any]) -> list[str]:
 def _build_transform(cfg: SafeConfig, node: Mapping[str, Any], name: str, *, where: str, extra: Mapping[str, Any] | None = None) -> Any:
     import monai.transforms as mt
 
-    args = cfg.arguments(node, where=where, callables=_CALLABLE_ARGS)
+    # device placement does not change the result, and bundles write it as code
+    # ("$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')"): the data stay where predict puts them
+    args = cfg.arguments(node, where=where, callables=_CALLABLE_ARGS, skip=("device",))
     args.update(extra or {})
     cls = getattr(mt, name)
     try:
@@ -594,8 +598,13 @@ def _chain(cfg: SafeConfig, section: str) -> list[tuple[str, Mapping[str, Any], 
     name = _class_name(component["_target_"], _TRANSFORM_PREFIXES)
     if name != "Compose":
         raise InvalidInputError(f"{cfg.path}: {section}._target_={component['_target_']!r}: expected Compose")
+    items = component.get("transforms") or []
+    if isinstance(items, str) and items.startswith("@"):  # "transforms": "@preprocessing_transforms"
+        items = cfg.raw(items[1:], where=f"{section}.transforms")
+    if not isinstance(items, list):
+        raise InvalidInputError(f"{cfg.path}: {section}.transforms={items!r}: expected a list of transforms")
     out = []
-    for i, item in enumerate(component.get("transforms") or []):
+    for i, item in enumerate(items):
         where = f"{section}.transforms[{i}]"
         t = cfg.component(item, where=where)
         if t is None:
@@ -634,7 +643,7 @@ def build_pipeline(cfg: SafeConfig) -> BundlePipeline:
                 f"(preprocessing napari-medseg runs: {', '.join(sorted(PREPROCESSING_TRANSFORMS))})"
             )
         transform = _build_transform(cfg, node, name, where=where)
-        keys = _keys(cfg.arguments(node, where=where, callables=_CALLABLE_ARGS))
+        keys = _keys({"keys": cfg.resolve(node.get("keys"), where=f"{where}.keys")})
         if keys != [_IMAGE_KEY]:
             raise InvalidInputError(f"{cfg.path}: {where}: {name} keys={keys!r}: only 'image' exists at inference")
         transforms.append(transform)
@@ -647,7 +656,7 @@ def build_pipeline(cfg: SafeConfig) -> BundlePipeline:
     inferer_name = _class_name(inf["_target_"], _INFERER_PREFIXES)
     if inferer_name not in INFERERS:
         raise InvalidInputError(f"{cfg.path}: inferer._target_={inf['_target_']!r} is not reproduced (only {', '.join(sorted(INFERERS))})")
-    inferer_args = cfg.arguments(inf, where="inferer")
+    inferer_args = cfg.arguments(inf, where="inferer", skip=("progress", "sw_device", "device"))
     unknown = sorted(set(inferer_args) - _INFERER_ARGS[inferer_name])
     if unknown:
         raise InvalidInputError(f"{cfg.path}: inferer: {inferer_name} arguments {unknown} are not reproduced")
@@ -673,7 +682,7 @@ def build_pipeline(cfg: SafeConfig) -> BundlePipeline:
             inverted = True
         else:
             transform = _build_transform(cfg, node, name, where=where)
-        args = cfg.arguments(node, where=where, callables=_CALLABLE_ARGS) if name != "Invertd" else {"keys": node.get("keys")}
+        args = cfg.arguments(node, where=where, callables=_CALLABLE_ARGS, skip=("device",)) if name != "Invertd" else {"keys": node.get("keys")}
         keys = _keys({"keys": cfg.resolve(args.get("keys"), where=f"{where}.keys")} if name == "Invertd" else args)
         if keys != [_PRED_KEY]:
             raise InvalidInputError(f"{cfg.path}: {where}: {name} keys={keys!r}: only 'pred' is the prediction")
@@ -998,7 +1007,7 @@ def import_monai_bundle(
     spacing = orientation = None
     normalization: dict[str, Any] = {"kind": "none"}
     for name_, node, where in _chain(cfg, "preprocessing"):
-        args = cfg.arguments(node, where=where, callables=_CALLABLE_ARGS)
+        args = cfg.arguments(node, where=where, callables=_CALLABLE_ARGS, skip=("device",))
         if name_ == "Spacingd" and "pixdim" in args:
             pixdim = args["pixdim"]
             pixdim = [pixdim] * 3 if isinstance(pixdim, (int, float)) else list(pixdim)
