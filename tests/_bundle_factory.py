@@ -225,7 +225,7 @@ def calibrate(net: torch.nn.Module, x: torch.Tensor) -> None:
         y = net(x)
         n = y.shape[1]
         centre = y.movedim(1, -1).reshape(-1, n).median(dim=0).values
-        convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d) and m.bias is not None and m.out_channels == n]
+        convs = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)) and m.bias is not None and m.out_channels == n]
         for conv in reversed(convs):  # the one that feeds the output linearly
             conv.bias -= centre
             moved = net(x).movedim(1, -1).reshape(-1, n).median(dim=0).values
@@ -233,3 +233,21 @@ def calibrate(net: torch.nn.Module, x: torch.Tensor) -> None:
                 return
             conv.bias += centre
     raise AssertionError("no output convolution to calibrate")
+
+
+def ventricular_like():
+    """ventricular_short_axis_3label: a 2D UNet run slice by slice over a volume (SliceInferer);
+    the preprocessing is given as "$@load + @intensity", as segmentation_template writes it."""
+    net = {"_target_": "UNet", "spatial_dims": 2, "in_channels": 1, "out_channels": 4, "channels": [4, 8, 16],
+           "strides": [2, 2], "num_res_units": 1}
+    post = copy.deepcopy(SOFTMAX_POST)
+    post[1]["meta_key_postfix"] = "meta_dict"
+    inferer = {"_target_": "SliceInferer", "roi_size": [16, 16], "spatial_dim": 2, "sw_batch_size": 4}
+    config = inference_config(net, [], post, inferer, extra={
+        "load": [{"_target_": "LoadImaged", "keys": "image", "image_only": False},
+                 {"_target_": "EnsureChannelFirstd", "keys": "image"}],
+        "intensity": [{"_target_": "ScaleIntensityd", "keys": "image"},
+                      {"_target_": "EnsureTyped", "keys": "image", "device": "@device"}],
+    })
+    config["preprocessing"]["transforms"] = "$@load + @intensity"
+    return config

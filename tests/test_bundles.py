@@ -26,6 +26,7 @@ from _bundle_factory import (
     run_monai,
     spleen_like,
     swin_like,
+    ventricular_like,
     write_bundle,
     write_nifti,
 )
@@ -146,6 +147,20 @@ def test_swin_unetr_bundle_matches_monai(tmp_path):
     model = import_monai_bundle(bundle, tmp_path / "model")
     pred = predict(read_volume(image), model, device="cpu")
     check_against_monai(pred.labels.array.transpose(2, 1, 0), reference, labels={0, 1})
+
+
+def test_slice_inferer_2d_bundle_matches_monai(tmp_path):
+    """A 2D network over a volume with SliceInferer; transforms given as '$@load + @intensity'."""
+    calib = torch.from_numpy(np.clip(smooth_image((16, 16), seed=2, scale=0.3, offset=0.5), 0, 1)).float()[None, None]
+    bundle, _ = write_bundle(tmp_path / "ventricular_short_axis_3label", ventricular_like(),
+                             metadata("ventricles", out_names=("background", "lv", "myo", "rv"), modality="MR"),
+                             calibrate_on=calib)
+    image = write_nifti(tmp_path / "case.nii.gz", smooth_image((22, 20, 5), seed=6), AFFINE)
+    reference = run_monai(bundle, image, tmp_path / "monai")
+    model = import_monai_bundle(bundle, tmp_path / "model")
+    assert model.card.spatial_dims == 2 and model.card.patch_size == (16, 16)
+    pred = predict(read_volume(image), model, device="cpu")
+    check_against_monai(pred.labels.array.transpose(2, 1, 0), reference, labels={0, 1, 2, 3})
 
 
 def test_invalid_classification_bundle(tmp_path):

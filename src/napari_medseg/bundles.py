@@ -512,7 +512,7 @@ POSTPROCESSING_TRANSFORMS = frozenset({
     "Identityd",
 })
 #: Inferers run with MONAI's own classes.
-INFERERS = frozenset({"SlidingWindowInferer", "SimpleInferer"})
+INFERERS = frozenset({"SlidingWindowInferer", "SliceInferer", "SimpleInferer"})
 _TRANSFORM_PREFIXES = ("", "monai.transforms.")
 _INFERER_PREFIXES = ("", "monai.inferers.")
 _NETS_PREFIXES = ("", "monai.networks.nets.")
@@ -524,6 +524,7 @@ _INFERER_ARGS = {
                              "sw_device", "device"},
     "SimpleInferer": set(),
 }
+_INFERER_ARGS["SliceInferer"] = _INFERER_ARGS["SlidingWindowInferer"] | {"spatial_dim"}
 _IMAGE_KEY, _PRED_KEY = "image", "pred"  # what MONAI's SupervisedEvaluator uses
 
 
@@ -563,7 +564,7 @@ class BundlePipeline:
         import monai.inferers as inferers
 
         args = {k: v for k, v in self.inferer_args.items() if k not in ("progress", "sw_device", "device")}
-        if self.inferer_name == "SlidingWindowInferer":
+        if self.inferer_name in ("SlidingWindowInferer", "SliceInferer"):
             if overlap is not None:
                 args["overlap"] = overlap
             if sw_batch_size is not None:
@@ -590,6 +591,34 @@ def _build_transform(cfg: SafeConfig, node: Mapping[str, Any], name: str, *, whe
         raise InvalidInputError(f"{cfg.path}: {where} ({name}): MONAI refuses its arguments: {exc}") from None
 
 
+def _transform_list(cfg: SafeConfig, text: str, *, where: str) -> list:
+    """``"@a"``, ``"$@a"`` or ``"$@a + @b + @c"``: the referenced lists of transforms, concatenated."""
+    if text.startswith("@"):
+        refs = [text[1:]]
+    else:
+        tree, names = _parse_expression(text, where=f"{cfg.path}: {where}")
+        leaves: list[str] = []
+
+        def walk(node: ast.AST) -> bool:
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+                return walk(node.left) and walk(node.right)
+            if isinstance(node, ast.Name) and node.id in names:
+                leaves.append(names[node.id])
+                return True
+            return False
+
+        if not walk(tree.body):
+            raise InvalidInputError(f"{cfg.path}: {where}={text!r}: expected references to lists of transforms joined by '+'")
+        refs = leaves
+    out: list = []
+    for ref in refs:
+        part = cfg.raw(ref, where=where)
+        if not isinstance(part, list):
+            raise InvalidInputError(f"{cfg.path}: {where}: '@{ref}' is not a list of transforms")
+        out.extend(part)
+    return out
+
+
 def _chain(cfg: SafeConfig, section: str) -> list[tuple[str, Mapping[str, Any], str]]:
     node = cfg.config.get(section)
     component = cfg.component(node, where=section)
@@ -599,8 +628,8 @@ def _chain(cfg: SafeConfig, section: str) -> list[tuple[str, Mapping[str, Any], 
     if name != "Compose":
         raise InvalidInputError(f"{cfg.path}: {section}._target_={component['_target_']!r}: expected Compose")
     items = component.get("transforms") or []
-    if isinstance(items, str) and items.startswith("@"):  # "transforms": "@preprocessing_transforms"
-        items = cfg.raw(items[1:], where=f"{section}.transforms")
+    if isinstance(items, str) and items.startswith(("@", "$")):
+        items = _transform_list(cfg, items, where=f"{section}.transforms")
     if not isinstance(items, list):
         raise InvalidInputError(f"{cfg.path}: {section}.transforms={items!r}: expected a list of transforms")
     out = []
@@ -937,20 +966,24 @@ def import_monai_bundle(
             value = kwargs.pop(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 dropout_rate = float(value)
-    if spatial_dims != 3:
-        raise InvalidInputError(f"{inference_path}: network_def spatial_dims={spatial_dims}: only 3D bundles are imported")
     kwargs = json.loads(json.dumps(kwargs))  # tuples -> lists, so the card is plain data
 
     # ---- the chain, and what it makes of the outputs
     pipeline = build_pipeline(cfg)
+    if spatial_dims not in (2, 3) or (spatial_dims == 2) != (pipeline.inferer_name == "SliceInferer"):
+        raise InvalidInputError(
+            f"{inference_path}: network_def spatial_dims={spatial_dims} with inferer {pipeline.inferer_name}: "
+            "3D networks and 2D networks run slice by slice over volumes (SliceInferer) are imported"
+        )
     roi = pipeline.inferer_args.get("roi_size")
-    if pipeline.inferer_name == "SlidingWindowInferer":
+    if pipeline.inferer_name in ("SlidingWindowInferer", "SliceInferer"):
         roi = [int(roi)] * spatial_dims if isinstance(roi, int) else [int(r) for r in roi]
         if any(r < 1 for r in roi) and not all(r <= 0 for r in roi):
             raise InvalidInputError(f"{inference_path}: inferer.roi_size={roi}: expected positive sides")
     if not roi or any(r < 1 for r in roi):
         shape = (next(iter((data_format.get("inputs") or {}).values()), {}) or {}).get("spatial_shape")
-        roi = [int(s) for s in shape] if isinstance(shape, list) and all(isinstance(s, int) and s > 0 for s in shape) else [96] * 3
+        ok = isinstance(shape, list) and len(shape) == spatial_dims and all(isinstance(s, int) and s > 0 for s in shape)
+        roi = [int(s) for s in shape] if ok else [96] * spatial_dims
     overlap = pipeline.inferer_args.get("overlap", 0.25)
     overlap = float(overlap[0] if isinstance(overlap, (list, tuple)) else overlap)
 
@@ -1107,6 +1140,9 @@ def _in_memory_reader(volume: Volume, n_channels: int) -> Any:
 def _window_batches(shape: tuple[int, ...], inferer: Any) -> int:
     """How many predictor calls MONAI's sliding window makes (for progress)."""
     roi = inferer.roi_size
+    if hasattr(inferer, "spatial_dim"):  # SliceInferer: a 2D window, one slice thick along spatial_dim
+        roi = [int(roi)] * 2 if isinstance(roi, int) else list(roi)
+        roi.insert(int(inferer.spatial_dim), 1)
     roi = [int(roi)] * len(shape) if isinstance(roi, int) else [int(r) if r > 0 else s for r, s in zip(roi, shape)]
     overlap = inferer.overlap
     overlap = [float(overlap)] * len(shape) if isinstance(overlap, (int, float)) else list(overlap)
@@ -1168,7 +1204,7 @@ def predict_bundle(
     pipeline = load_pipeline(model)
     torch_device = torch.device(device) if not isinstance(device, torch.device) else device
     network = optimize_for_inference(model.load_network("cpu"), device=torch_device)
-    memory_format = channels_last_format(5)
+
     loader = LoadImaged(**pipeline.load_args, reader=_in_memory_reader(volume, card.in_channels))
     names = [f"{card.name}-input.nii"] if card.in_channels == 1 else [f"{card.name}-input-{i}.nii" for i in range(card.in_channels)]
     data = loader({_IMAGE_KEY: names[0] if card.in_channels == 1 else names})
@@ -1176,12 +1212,13 @@ def predict_bundle(
     batch = list_data_collate([data])
     inputs = batch[_IMAGE_KEY].to(torch_device)
     inferer = pipeline.inferer(overlap=overlap, sw_batch_size=batch_size)
-    total = _window_batches(tuple(inputs.shape[2:]), inferer) if pipeline.inferer_name == "SlidingWindowInferer" else 1
+    total = _window_batches(tuple(inputs.shape[2:]), inferer) if pipeline.inferer_name != "SimpleInferer" else 1
     calls = [0]
 
     def predictor(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         check_cancelled(cancel, "inference")
-        out = network(x.as_tensor().contiguous(memory_format=memory_format) if hasattr(x, "as_tensor") else x.contiguous(memory_format=memory_format))
+        x = x.as_tensor() if hasattr(x, "as_tensor") else x
+        out = network(x.contiguous(memory_format=channels_last_format(x.ndim)))
         calls[0] += 1
         report(progress, min(calls[0], total), total)
         return out
