@@ -86,6 +86,12 @@ _CMPOPS = {
     ast.Is: operator.is_, ast.IsNot: operator.is_not,
 }
 _MAX_SIZE = 1_000_000  # longest string/list an expression may build
+# MONAI's key names, as templates write them ("$monai.utils.CommonKeys.IMAGE")
+_KEY_CONSTANTS = {
+    f"{prefix}CommonKeys.{key}": key.lower()
+    for prefix in ("monai.utils.", "monai.utils.enums.", "")
+    for key in ("IMAGE", "LABEL", "PRED", "LOSS", "METADATA")
+}
 
 
 def _dtype_constant(module: str, name: str) -> Any:
@@ -133,6 +139,8 @@ def _eval_node(node: ast.AST, names: Mapping[str, Any]) -> Any:
             value = _dtype_constant(node.value.id, node.attr)
             if value is not None:
                 return value
+        if ast.unparse(node) in _KEY_CONSTANTS:
+            return _KEY_CONSTANTS[ast.unparse(node)]
         raise _Refused(f"the attribute {ast.unparse(node)!r}")
     if isinstance(node, (ast.List, ast.Tuple)):
         items = [_eval_node(e, names) for e in node.elts]
@@ -212,7 +220,7 @@ def evaluate_expression(text: str, resolve: Callable[[str], Any] | None = None, 
     (``== != < <= > >= in not in is is not``); ``a if c else b``; indexing and slicing; calls of
     ``len min max abs int float str bool round list tuple sum`` with positional arguments; the dtype
     names ``numpy.float32`` / ``np.uint8`` / ``torch.float32`` (and the other float, int and bool
-    dtypes). Everything else (other names, attribute access, other calls, lambdas, comprehensions,
+    dtypes); MONAI's key names ``monai.utils.CommonKeys.IMAGE`` / ``LABEL`` / ``PRED``. Everything else (other names, attribute access, other calls, lambdas, comprehensions,
     imports) is refused.
 
     Parameters
