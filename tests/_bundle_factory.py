@@ -132,7 +132,7 @@ def run_monai(bundle: Path, images: list[Path] | Path, out_dir: Path, *, weights
     workflow.initialize()
     workflow.run()
     workflow.finalize()
-    found = sorted(out_dir.glob("*.nii.gz"))
+    found = sorted(out_dir.rglob("*.nii.gz"))
     assert len(found) == 1, found
     return found[0]
 

@@ -257,6 +257,8 @@ def test_expression_subset(text, refs, expected):
         ("$lambda x: x", "a lambda is only accepted"),
         ("$torch.device('cuda')", "the call"),
         ("$1 +", "not a valid expression"),
+        ("$((2 ** 64) ** 64) ** 64", "larger than 2\\*\\*4096"),
+        ("$" + "(" * 5000 + "1" + ")" * 5000, "not a valid expression|cannot be evaluated"),
     ],
 )
 def test_invalid_expression(text, expected):

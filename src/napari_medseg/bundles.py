@@ -122,6 +122,8 @@ def _binop(op: ast.operator, left: Any, right: Any) -> Any:
     result = _BINOPS[type(op)](left, right)
     if isinstance(result, (str, list, tuple)) and len(result) > _MAX_SIZE:
         raise _Refused("a value longer than 1e6")
+    if isinstance(result, int) and result.bit_length() > 4096:  # no ever-growing powers
+        raise _Refused("an integer larger than 2**4096")
     return result
 
 
@@ -206,7 +208,7 @@ def _parse_expression(text: str, *, where: str) -> tuple[ast.AST, dict[str, str]
 
     try:
         tree = ast.parse(_REF_RE.sub(substitute, body), mode="eval")
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         raise InvalidInputError(f"{where}={text!r}: not a valid expression") from None
     return tree, refs
 
@@ -262,7 +264,7 @@ def evaluate_expression(text: str, resolve: Callable[[str], Any] | None = None, 
             f"{where}={text!r}: {what} is outside the expression subset napari-medseg evaluates (see "
             "docs/model-card.md); bundle expressions are never run as code"
         ) from None
-    except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, OverflowError) as exc:
+    except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, OverflowError, RecursionError) as exc:
         raise InvalidInputError(f"{where}={text!r}: cannot be evaluated ({type(exc).__name__}: {exc})") from None
 
 
