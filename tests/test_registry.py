@@ -505,6 +505,11 @@ def write_bundle(root: Path, *, seed: int = 0, network_def: dict | None = None, 
              "b_max": 1.0, "clip": True},
         ]},
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 24, 16], "sw_batch_size": 4, "overlap": 0.5},
+        "postprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image"},
+            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+        ]},
     }
     (root / "configs" / "metadata.json").write_text(json.dumps(meta))
     (root / "configs" / "inference.json").write_text(json.dumps(inference))
@@ -544,7 +549,8 @@ def test_import_monai_bundle(tmp_path):
 def test_import_bundle_other_transforms_and_safetensors(tmp_path):
     from safetensors.torch import save_file
 
-    transforms = [{"_target_": "monai.transforms.NormalizeIntensityd", "keys": "image", "nonzero": True}]
+    transforms = [{"_target_": "LoadImaged", "keys": "image", "ensure_channel_first": True},
+                  {"_target_": "monai.transforms.NormalizeIntensityd", "keys": "image", "nonzero": True}]
     network_def = {"_target_": "monai.networks.nets.UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2,
                    "dropout": 0.2, **NET_PARAMS}
     bundle, net = write_bundle(tmp_path / "b", network_def=network_def, transforms=transforms,
@@ -552,7 +558,8 @@ def test_import_bundle_other_transforms_and_safetensors(tmp_path):
     (bundle / "models" / "model.pt").unlink()
     save_file(net.state_dict(), bundle / "models" / "model.safetensors")
     model = import_monai_bundle(bundle, tmp_path / "out")
-    assert model.name == "My_Bundle_v2"
+    assert model.name == "b"  # the bundle's folder name; the display name is kept in monai_bundle
+    assert model.card.monai_bundle["name"] == "My Bundle v2" and model.card.axis_order == "xyz"
     assert model.card.normalization.kind == "zscore" and model.card.normalization.nonzero_only
     assert model.card.dropout.rate == 0.2 and "dropout" not in model.card.architecture.params
     assert model.card.spacing is None and model.card.orientation is None
@@ -564,16 +571,16 @@ def test_import_bundle_other_transforms_and_safetensors(tmp_path):
         ({"network_def": {"_target_": "os.system", "command": "echo hi"}}, InvalidInputError,
          "is not a monai.networks.nets class"),
         ({"network_def": {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1,
-                          "out_channels": "$2 if True else 3", **NET_PARAMS}}, InvalidInputError,
-         "network_def.out_channels='$2 if True else 3' is an expression"),
+                          "out_channels": "$@num_classes.bit_length()", **NET_PARAMS}}, InvalidInputError,
+         "the call @num_classes.bit_length(...) is outside the expression subset"),
         ({"network_def": {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 1, **NET_PARAMS}},
-         InvalidInputError, "single-channel sigmoid models are not supported"),
+         InvalidInputError, "outputs num_channels=2 but network_def says 1"),
         ({"transforms": [{"_target_": "ScaleIntensityRanged", "a_min": 0, "a_max": 100, "b_min": 0, "b_max": 255}]},
-         InvalidInputError, "b_min/b_max=0/255"),
+         InvalidInputError, "preprocessing must start with LoadImaged"),
         ({"metadata": {"network_data_format": {"inputs": {"image": {"num_channels": 3}}, "outputs": {}}}},
          InvalidInputError, "num_channels=3 but network_def says 1"),
     ],
-    ids=["not monai", "expression", "sigmoid", "b range", "channel count"],
+    ids=["not monai", "expression", "one output channel", "no loader", "channel count"],
 )
 def test_invalid_bundle(tmp_path, kwargs, error, expected):
     bundle, _ = write_bundle(tmp_path / "b", **kwargs)
@@ -588,7 +595,7 @@ def test_invalid_bundle_files(tmp_path):
         import_monai_bundle(tmp_path, tmp_path / "out")
     bundle, _ = write_bundle(tmp_path / "b")
     (bundle / "models" / "model.pt").unlink()
-    with pytest.raises(FileFormatError, match="no models/model.safetensors or models/model.pt"):
+    with pytest.raises(FileFormatError, match="no weights: the config's CheckpointLoader load_path and models/model.safetensors"):
         import_monai_bundle(bundle, tmp_path / "out")
     (bundle / "configs" / "metadata.json").unlink()
     with pytest.raises(FileFormatError, match="metadata.json is missing"):

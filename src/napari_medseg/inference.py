@@ -243,6 +243,7 @@ def sliding_window_moments(
     device: str | torch.device = "cpu",
     optimize: bool = True,
     reuse_prefix: bool = True,
+    axis_order: str = "zyx",
     progress: ProgressCallback | None = None,
     cancel: CancelEvent | None = None,
 ) -> WindowMoments:
@@ -278,6 +279,10 @@ def sliding_window_moments(
     reuse_prefix : bool, default True
         With Monte-Carlo dropout, compute the layers before the first dropout layer once per
         patch (False re-runs the whole network per sample, for comparison).
+    axis_order : {"zyx", "xyz"}, default "zyx"
+        The networks' spatial axis order (the card's ``axis_order``). ``"xyz"`` (MONAI-trained
+        networks: the image's i, j, k) reverses the spatial axes of every patch on the way in and
+        of every output on the way out; ``patch_size`` stays in array order.
     progress : callable(done, total), optional
         Called after each batch of patches.
     cancel : object with ``is_set()``, optional
@@ -313,6 +318,9 @@ def sliding_window_moments(
     if dropout_rate is not None:
         dropout_rate = check_dropout_rate(dropout_rate)
     device = resolve_device(device)
+    if axis_order not in ("zyx", "xyz"):
+        raise InvalidInputError(f"axis_order={axis_order!r}: expected 'zyx' or 'xyz'")
+    reverse = axis_order == "xyz"
     patch3 = patch if spatial_dims == 3 else (1, *patch)
 
     # pad to at least one patch (zeros, split evenly: MONAI's constant padding)
@@ -349,11 +357,17 @@ def sliding_window_moments(
             xt = torch.from_numpy(x)
             if spatial_dims == 2:
                 xt = xt[:, :, 0]
+            if reverse:  # the network's axis order: (B, C, x, y, z) / (B, C, x, y)
+                xt = xt.permute(0, 1, *range(xt.ndim - 1, 1, -1))
             xt = xt.to(device).contiguous(memory_format=memory_format)
             sum_p, sum_p2, sum_h = _patch_samples(
                 xt, run_nets, flips=flips, mc_samples=mc_samples, dropout_rate=dropout_rate,
                 with_moments=with_moments, reuse_prefix=reuse_prefix, cancel=cancel,
             )
+            if reverse:  # back to array order (reversing the spatial axes is its own inverse)
+                sum_p = sum_p.permute(0, 1, *range(sum_p.ndim - 1, 1, -1))
+                sum_p2 = None if sum_p2 is None else sum_p2.permute(0, 1, *range(sum_p2.ndim - 1, 1, -1))
+                sum_h = None if sum_h is None else sum_h.permute(0, *range(sum_h.ndim - 1, 0, -1))
             if n_out is None:
                 n_out = sum_p.shape[1]
                 acc_p = np.zeros((*grid_shape, n_out), np.float32)
@@ -807,6 +821,9 @@ def predict(
     torch_device = resolve_device(device)
     volume = _stack_input(volume_or_volumes)
     _check_input(volume, models)
+    if any(m.card.bundle is not None for m in models):
+        return _predict_bundle(volume, models, torch_device, overlap=overlap, batch_size=batch_size,
+                               mc_samples=mc_samples, tta_flips=tta_flips, progress=progress, cancel=cancel)
 
     messages: list[str] = []
     for m in models:
@@ -841,7 +858,7 @@ def predict(
             image, networks, patch_size=card.patch_size, spatial_dims=card.spatial_dims,
             overlap=card.overlap if overlap is None else overlap, batch_size=bs, mc_samples=mc_samples,
             dropout_rate=dropout_rate, tta_flips=tta_flips, seed=seed, device=torch_device,
-            progress=group_progress if progress is not None else None, cancel=cancel,
+            axis_order=card.axis_order, progress=group_progress if progress is not None else None, cancel=cancel,
         )
         del image
         _check_finite(moments.mean_p, members)
@@ -915,6 +932,25 @@ def _check_finite(mean_p: np.ndarray, members: Sequence[RegistryModel]) -> None:
     raise InvalidInputError(
         f"model {names} gave NaN or inf outputs on this input (broken weights or card values); no output was written"
     )
+
+
+def _predict_bundle(volume: Volume, models: list[RegistryModel], device: torch.device, *, overlap: float | None,
+                    batch_size: int | None, mc_samples: int, tta_flips: bool, progress, cancel) -> Prediction:
+    """An imported MONAI bundle runs its own chain (:func:`napari_medseg.bundles.predict_bundle`)."""
+    from napari_medseg.bundles import predict_bundle
+
+    names = ", ".join(repr(m.card.name) for m in models if m.card.bundle is not None)
+    if len(models) > 1:
+        raise InvalidInputError(f"model: {names} is an imported MONAI bundle, which runs alone (not in an ensemble)")
+    if mc_samples or tta_flips:
+        raise InvalidInputError(
+            f"mc_samples/tta_flips: model {names} is an imported MONAI bundle, run exactly as MONAI runs it; "
+            "Monte-Carlo dropout and test-time flips are not part of that"
+        )
+    for msg in card_warnings(volume, models[0].card):
+        warnings.warn(msg, CardMismatchWarning, stacklevel=3)
+    return predict_bundle(volume, models[0], device=device, overlap=overlap, batch_size=batch_size,
+                          progress=progress, cancel=cancel)
 
 
 def _entropy(p: np.ndarray) -> np.ndarray:

@@ -99,6 +99,8 @@ __all__ = [
     "load_model",
     "save_model_folder",
     "import_monai_bundle",
+    "OutputSpec",
+    "BundleSpec",
     "sha256_file",
     "user_models_dir",
     "env_models_dirs",
@@ -324,6 +326,19 @@ class WeightsSpec(FileSpec):
         return value
 
 
+class OutputSpec(_Spec):
+    """What the network's output channels mean (cards of imported MONAI bundles)."""
+
+    activation: Literal["softmax", "sigmoid"] = "softmax"
+    channels: list[str] = Field(min_length=1, description="the network's output channels, in order")
+
+
+class BundleSpec(_Spec):
+    """An imported MONAI bundle: its stored inference config, run by ``napari_medseg.bundles``."""
+
+    config: str = Field(min_length=1, description="one of `files`: the bundle's configs/inference.json")
+
+
 class ModelCard(_Spec):
     """Everything needed to use a model right. Validated; unknown fields are refused.
 
@@ -347,6 +362,7 @@ class ModelCard(_Spec):
     intended_use: str | None = None
     architecture: ArchitectureSpec
     spatial_dims: Literal[2, 3]
+    axis_order: Literal["zyx", "xyz"] = Field("zyx", description="the network's spatial axis order")
     channels: list[ChannelSpec] = Field(min_length=1)
     labels: dict[int, LabelSpec]
     spacing: tuple[float, float, float] | None = Field(None, description="mm, SimpleITK (x, y, z) order")
@@ -360,6 +376,8 @@ class ModelCard(_Spec):
     recipe: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     monai_bundle: dict[str, Any] | None = None
+    outputs: OutputSpec | None = None
+    bundle: BundleSpec | None = None
 
     @field_validator("name")
     @classmethod
@@ -446,6 +464,10 @@ class ModelCard(_Spec):
                 f"dropout.rate={self.dropout.rate} but dropout.placement is empty: say where the dropout layers sit "
                 "(only monai.* networks place their dropout themselves)"
             )
+        if self.outputs is None and self.bundle is not None:
+            raise ValueError("bundle: an imported bundle's card needs outputs (activation and channels)")
+        if self.bundle is not None and self.bundle.config not in [f.file for f in self.files]:
+            raise ValueError(f"bundle.config {self.bundle.config!r} must be one of files (so its sha256 is checked)")
         named = [self.weights.file] + [f.file for f in self.files]
         twice = sorted({f for f in named if named.count(f) > 1})
         if twice:
@@ -460,8 +482,8 @@ class ModelCard(_Spec):
 
     @property
     def out_channels(self) -> int:
-        """Number of output channels, ``len(labels)`` (background included)."""
-        return len(self.labels)
+        """Number of network output channels: ``len(outputs.channels)``, else ``len(labels)``."""
+        return len(self.outputs.channels) if self.outputs is not None else len(self.labels)
 
     @property
     def label_values(self) -> list[int]:
@@ -523,7 +545,10 @@ class ModelCard(_Spec):
                             "dtype": "float32",
                             "value_range": [0, 1],
                             "is_patch_data": True,
-                            "channel_def": {str(i): self.labels[v].name for i, v in enumerate(self.label_values)},
+                            "channel_def": (
+                                {str(i): n for i, n in enumerate(self.outputs.channels)} if self.outputs is not None
+                                else {str(i): self.labels[v].name for i, v in enumerate(self.label_values)}
+                            ),
                         }
                     },
                 },
@@ -1193,6 +1218,10 @@ class Registry:
         for model in scan.models:
             if model.name == name:
                 return model
+        # an imported MONAI bundle is also found by its metadata's display name, when unambiguous
+        display = [m for m in scan.models if (m.card.monai_bundle or {}).get("name") == name]
+        if len(display) == 1:
+            return display[0]
         names = [m.name for m in scan.models]
         message = f"no model named {name!r} in the registry" + close_matches_message(name, names)
         broken = [f"{path}: {why}" for path, why in scan.problems if path.name == name]
@@ -1414,89 +1443,6 @@ def save_model_folder(
 
 
 # ------------------------------------------------------------------------------------ MONAI bundles
-_NETS_PREFIXES = ("", "monai.networks.nets.", "monai.networks.nets")
-
-
-def _read_config(configs: Path, stem: str) -> tuple[dict[str, Any], Path] | None:
-    for suffix in (".json", ".yaml", ".yml"):
-        path = configs / f"{stem}{suffix}"
-        if path.is_file():
-            text = path.read_text(encoding="utf-8")
-            if suffix == ".json":
-                try:
-                    data = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise FileFormatError(f"{path}: not valid JSON: {exc}") from None
-            else:
-                data = _safe_yaml(text, source=str(path))
-            if not isinstance(data, dict):
-                raise FileFormatError(f"{path}: expected a mapping at the top level")
-            return data, path
-    return None
-
-
-def _lookup_ref(config: Mapping[str, Any], ref: str, *, where: str) -> Any:
-    node: Any = config
-    for part in re.split(r"::|#", ref):
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            raise InvalidInputError(f"{where}: reference '@{ref}' does not name a value in the config")
-    return node
-
-
-def _literal(value: Any, config: Mapping[str, Any], *, where: str, depth: int = 0) -> Any:
-    """Resolve ``@id`` references to literal values; refuse ``$`` expressions and ``%`` macros (code)."""
-    if depth > 10:
-        raise InvalidInputError(f"{where}: references nest too deeply")
-    if isinstance(value, str):
-        if value.startswith("@"):
-            return _literal(_lookup_ref(config, value[1:], where=where), config, where=where, depth=depth + 1)
-        if value.startswith(("$", "%")):
-            raise InvalidInputError(
-                f"{where}={value!r} is an expression; bundle expressions are code and are never evaluated, "
-                "so only literal values (or '@' references to them) can be imported"
-            )
-        return value
-    if isinstance(value, list):
-        return [_literal(v, config, where=f"{where}[{i}]", depth=depth) for i, v in enumerate(value)]
-    if isinstance(value, Mapping):
-        return {k: _literal(v, config, where=f"{where}.{k}", depth=depth) for k, v in value.items()}
-    return value
-
-
-def _find_transforms(node: Any) -> Iterable[Mapping[str, Any]]:
-    if isinstance(node, Mapping):
-        if "_target_" in node:
-            yield node
-        for value in node.values():
-            yield from _find_transforms(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _find_transforms(value)
-
-
-def _target_name(node: Mapping[str, Any]) -> str:
-    target = node.get("_target_")
-    return target.rsplit(".", 1)[-1] if isinstance(target, str) else ""
-
-
-def _guess_license(bundle: Path) -> str | None:
-    for name in ("LICENSE", "LICENSE.txt", "LICENSE.md", "docs/LICENSE"):
-        path = bundle / name
-        if path.is_file():
-            head = path.read_text(encoding="utf-8", errors="replace")[:2000]
-            known = (("Apache License", "Apache-2.0"), ("MIT License", "MIT"), ("BSD 3-Clause", "BSD-3-Clause"))
-            for needle, spdx in known:
-                if needle in head:
-                    return spdx
-            if "Creative Commons" in head and "NonCommercial" in head:
-                return "CC-BY-NC-4.0"
-    return None
-
-
 def import_monai_bundle(
     bundle_dir: str | os.PathLike,
     folder: str | os.PathLike,
@@ -1505,267 +1451,14 @@ def import_monai_bundle(
     overwrite: bool = False,
     check: bool = True,
 ) -> RegistryModel:
-    """Convert a MONAI bundle folder into a registry model folder (card + ``model.safetensors``).
+    """Convert a MONAI bundle into a registry model folder: see :func:`napari_medseg.bundles.import_monai_bundle`."""
+    from napari_medseg.bundles import import_monai_bundle as _import
 
-    Reads ``configs/metadata.json`` (or ``.yaml``), ``configs/inference.json`` (or ``.yaml``) and
-    ``models/model.safetensors`` or ``models/model.pt`` (read with ``torch.load(weights_only=True)``;
-    a checkpoint dict's ``model``/``state_dict`` entry is taken). Nothing in the bundle is
-    evaluated: ``network_def`` must be a ``monai.networks.nets`` class with literal arguments
-    (``@`` references to literal values are resolved; ``$`` expressions are refused).
-
-    The mapping (see ``docs/model-card.md``): ``network_def._target_`` -> architecture
-    ``monai.<Class>`` with the remaining arguments as params; ``network_data_format.inputs`` ->
-    channels (``channel_def``, ``modality``); ``outputs.channel_def`` -> labels; ``Spacingd.pixdim``
-    -> spacing; ``Orientationd.axcodes`` -> orientation; ``ScaleIntensityRanged`` -> ``ct_window``,
-    ``ScaleIntensityRangePercentilesd`` -> ``percentile``, ``NormalizeIntensityd`` -> ``zscore``,
-    ``ScaleIntensityd`` -> ``minmax``; the inferer's ``roi_size`` (reversed to array order) and
-    ``overlap`` -> patch_size, overlap; ``eval_metrics`` -> metrics; the whole metadata ->
-    ``monai_bundle``. The original config files are kept under ``bundle/`` with their sha256.
-
-    Parameters
-    ----------
-    bundle_dir : path
-        The bundle folder.
-    folder : path
-        The model folder to write (atomically).
-    name : str, optional
-        The registry name (default: metadata ``name``, else the bundle folder's name), made
-        registry-safe (spaces and other characters become ``_``).
-    overwrite : bool, default False
-        Replace ``folder`` if it exists and is not empty.
-    check : bool, default True
-        Build the network and load the weights (strictly) before writing, so a bundle whose
-        weights do not fit its ``network_def`` is refused.
-
-    Returns
-    -------
-    RegistryModel
-        The written model folder.
-
-    Raises
-    ------
-    FileFormatError
-        If a bundle file is missing or unreadable, or the weights hold pickled objects (refused).
-    InvalidInputError
-        If the network is not a ``monai.networks.nets`` class, an argument is an expression,
-        channel or label counts disagree with the network, the model has one (sigmoid) output,
-        or the intensity scaling does not map to [0, 1].
-    """
-    bundle = Path(bundle_dir)
-    configs = bundle / "configs"
-    if not configs.is_dir():
-        raise FileFormatError(f"{bundle} is not a MONAI bundle: no configs/ folder")
-    found = _read_config(configs, "metadata")
-    if found is None:
-        raise FileFormatError(f"{bundle}: configs/metadata.json is missing")
-    metadata, metadata_path = found
-    found = _read_config(configs, "inference")
-    if found is None:
-        raise FileFormatError(f"{bundle}: configs/inference.json is missing")
-    inference, inference_path = found
-
-    # ---- network
-    net_def = inference.get("network_def")
-    if not isinstance(net_def, Mapping) or "_target_" not in net_def:
-        raise InvalidInputError(f"{inference_path}: network_def with a _target_ is missing")
-    target = net_def["_target_"]
-    class_name = _target_name(net_def)
-    prefix = target[: -len(class_name)] if isinstance(target, str) and class_name else None
-    module_ok = prefix in _NETS_PREFIXES or (isinstance(prefix, str) and prefix.startswith("monai.networks.nets."))
-    not_monai = (
-        f"{inference_path}: network_def._target_={target!r} is not a monai.networks.nets class; "
-        "the registry can only build those"
-    )
-    if not module_ok:
-        raise InvalidInputError(not_monai)
-    kwargs = _literal({k: v for k, v in net_def.items() if not k.startswith("_")}, inference, where="network_def")
-    import inspect
-
-    import monai.networks.nets as nets
-
-    if not isinstance(getattr(nets, class_name, None), type):
-        classes = [n for n in dir(nets) if n[:1].isupper()]
-        raise InvalidInputError(not_monai + close_matches_message(class_name, classes))
-
-    signature = inspect.signature(getattr(nets, class_name))
-
-    def argument(key: str, *aliases: str) -> Any:
-        for k in (key, *aliases):
-            if k in kwargs:
-                return kwargs.pop(k)
-        parameter = signature.parameters.get(key)
-        if parameter is None or parameter.default is inspect.Parameter.empty:
-            raise InvalidInputError(f"{inference_path}: network_def has no {key}")
-        return parameter.default
-
-    spatial_dims = int(argument("spatial_dims", "dimensions"))
-    in_channels = int(argument("in_channels"))
-    out_channels = int(argument("out_channels"))
-    dropout_rate = 0.0
-    for key in ("dropout", "dropout_prob", "dropout_rate"):  # the card's dropout.rate carries it
-        if key in kwargs:
-            value = kwargs.pop(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                dropout_rate = float(value)
-    if spatial_dims not in (2, 3):
-        raise InvalidInputError(f"{inference_path}: network_def spatial_dims={spatial_dims}: expected 2 or 3")
-    if out_channels < 2:
-        raise InvalidInputError(
-            f"{inference_path}: network_def out_channels={out_channels}: a card needs one output channel per label, "
-            "background included (softmax); single-channel sigmoid models are not supported"
-        )
-
-    # ---- inputs and outputs
-    data_format = metadata.get("network_data_format") or {}
-    inputs = data_format.get("inputs") or {}
-    outputs = data_format.get("outputs") or {}
-    image = next(iter(inputs.values()), {}) if isinstance(inputs, Mapping) else {}
-    pred = next(iter(outputs.values()), {}) if isinstance(outputs, Mapping) else {}
-    modality = str(image.get("modality") or "unknown")
-    for what, spec, count in (("inputs", image, in_channels), ("outputs", pred, out_channels)):
-        declared = spec.get("num_channels")
-        if declared is not None and int(declared) != count:
-            raise InvalidInputError(
-                f"{metadata_path}: network_data_format.{what} num_channels={declared} but network_def says {count}"
-            )
-    channel_def = image.get("channel_def") or {}
-    channels = []
-    for i in range(in_channels):
-        default = "image" if in_channels == 1 else f"channel{i}"
-        channels.append({"name": str(channel_def.get(str(i), channel_def.get(i, default))), "modality": modality})
-    label_def = pred.get("channel_def") or {}
-    labels = {}
-    for i in range(out_channels):
-        label_name = label_def.get(str(i), label_def.get(i, "background" if i == 0 else f"label{i}"))
-        labels[i] = {"name": str(label_name), "color": default_label_color(i)}
-
-    # ---- preprocessing and inferer
-    spacing = orientation = None
-    normalization: dict[str, Any] = {"kind": "none"}
-    patch_size = overlap = None
-    for node in _find_transforms(inference):
-        kind = _target_name(node)
-        where = f"{inference_path}: {kind}"
-        if kind in ("Spacingd", "Spacing") and "pixdim" in node:
-            pixdim = _literal(node["pixdim"], inference, where=where)
-            pixdim = [pixdim] * spatial_dims if isinstance(pixdim, (int, float)) else list(pixdim)
-            spacing = tuple(float(p) for p in pixdim[:3]) if len(pixdim) >= 3 else None
-        elif kind in ("Orientationd", "Orientation") and "axcodes" in node:
-            orientation = str(_literal(node["axcodes"], inference, where=where))
-        elif kind in ("ScaleIntensityRanged", "ScaleIntensityRange"):
-            p = _literal({k: node.get(k) for k in ("a_min", "a_max", "b_min", "b_max", "clip")}, inference, where=where)
-            _check_unit_range(p, where=where)
-            normalization = {
-                "kind": "ct_window",
-                "window_center": (float(p["a_min"]) + float(p["a_max"])) / 2,
-                "window_width": float(p["a_max"]) - float(p["a_min"]),
-                "clip": bool(p.get("clip") or False),
-            }
-        elif kind in ("ScaleIntensityRangePercentilesd", "ScaleIntensityRangePercentiles"):
-            p = _literal({k: node.get(k) for k in ("lower", "upper", "b_min", "b_max", "clip")}, inference, where=where)
-            _check_unit_range(p, where=where)
-            normalization = {
-                "kind": "percentile",
-                "lower_percentile": float(p["lower"]),
-                "upper_percentile": float(p["upper"]),
-                "clip": bool(p.get("clip") or False),
-            }
-        elif kind in ("NormalizeIntensityd", "NormalizeIntensity"):
-            nonzero = _literal(node.get("nonzero", False), inference, where=where)
-            normalization = {"kind": "zscore", "nonzero_only": bool(nonzero)}
-        elif kind in ("ScaleIntensityd", "ScaleIntensity"):
-            p = _literal({k: node.get(k, d) for k, d in (("minv", 0.0), ("maxv", 1.0))}, inference, where=where)
-            if (p["minv"], p["maxv"]) != (0.0, 1.0) and (p["minv"], p["maxv"]) != (0, 1):
-                raise InvalidInputError(f"{where}: minv/maxv={p['minv']}/{p['maxv']}; the card's minmax maps to [0, 1]")
-            normalization = {"kind": "minmax"}
-        elif "roi_size" in node and patch_size is None:
-            roi = _literal(node["roi_size"], inference, where=where)
-            roi = [roi] * spatial_dims if isinstance(roi, int) else list(roi)
-            patch_size = tuple(int(r) for r in reversed(roi))  # MONAI arrays are (x, y, z); the card's are (z, y, x)
-            ov = _literal(node.get("overlap", 0.25), inference, where=where)
-            overlap = float(ov[0] if isinstance(ov, list) else ov)
-    if patch_size is None:
-        shape = image.get("spatial_shape")
-        if isinstance(shape, list) and len(shape) == spatial_dims and all(isinstance(s, int) for s in shape):
-            patch_size = tuple(reversed(shape))
-        else:
-            patch_size = (96,) * spatial_dims
-    if spacing is not None and spatial_dims == 2:
-        spacing = None
-
-    # ---- weights
-    weights_path = None
-    for candidate in ("model.safetensors", "model.pt", "model.pth"):
-        if (bundle / "models" / candidate).is_file():
-            weights_path = bundle / "models" / candidate
-            break
-    if weights_path is None:
-        raise FileFormatError(
-            f"{bundle}: no models/model.safetensors or models/model.pt (TorchScript .ts files are programs "
-            "and are not loaded)"
-        )
-    raw = weights_path.read_bytes()
-    state = _decode_weights(raw, path=weights_path)
-    weights = _encode_weights(state, metadata={"napari_medseg.source": f"MONAI bundle {bundle.name}"})
-
-    # ---- card
-    card_name = _bundle_name(bundle, name=name, metadata=metadata)
-    metrics = {}
-    for key, value in (metadata.get("eval_metrics") or {}).items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            metrics[str(key)] = float(value)
-    license_id = metadata.get("license") or _guess_license(bundle) or "unknown"
-    extra = {f"bundle/{p.name}": p.read_bytes() for p in (metadata_path, inference_path)}
-    card_data: dict[str, Any] = {
-        "name": card_name,
-        "version": str(metadata.get("version") or "0.0.0"),
-        "description": str(metadata.get("description") or ""),
-        "task": str(metadata.get("task") or "segmentation"),
-        "license": str(license_id),
-        "authors": metadata.get("authors") or [],
-        "references": [str(r) for r in metadata.get("references") or []],
-        "intended_use": metadata.get("intended_use"),
-        "architecture": {"name": f"monai.{class_name}", "params": kwargs},
-        "spatial_dims": spatial_dims,
-        "channels": channels,
-        "labels": labels,
-        "spacing": spacing,
-        "orientation": orientation,
-        "normalization": normalization,
-        "patch_size": patch_size,
-        "overlap": overlap if overlap is not None else 0.25,
-        "dropout": {"placement": [], "rate": dropout_rate},
-        "weights": {"file": "model.safetensors", "sha256": hashlib.sha256(weights).hexdigest()},
-        "files": [{"file": k, "sha256": hashlib.sha256(v).hexdigest()} for k, v in extra.items()],
-        "recipe": f"MONAI bundle {metadata.get('name') or bundle.name} {metadata.get('version', '')}".strip(),
-        "metrics": metrics,
-        "monai_bundle": json.loads(json.dumps(metadata)),
-    }
-    card = _validate_card(card_data, source=f"card made from {metadata_path}")
-    folder = Path(folder)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())) and not overwrite:
-        raise InvalidInputError(f"{folder} exists and is not an empty folder; pass overwrite=True to replace it")
-    if check:
-        with tempfile.TemporaryDirectory(prefix=".medseg-bundle-") as tmp:
-            staged = _write_model(Path(tmp) / card.name, card, weights, extra)
-            staged.load_network()
-    return _write_model(folder, card, weights, extra)
+    return _import(bundle_dir, folder, name=name, overwrite=overwrite, check=check)
 
 
 def _bundle_name(bundle_dir: str | os.PathLike, *, name: str | None = None, metadata: Mapping | None = None) -> str:
-    """The registry name for a bundle: ``name``, else metadata ``name``, else the folder's name, made safe."""
-    bundle = Path(bundle_dir)
-    if name is None and metadata is None:
-        found = _read_config(bundle / "configs", "metadata") if (bundle / "configs").is_dir() else None
-        metadata = found[0] if found else {}
-    raw = str(name or (metadata or {}).get("name") or bundle.resolve().name)
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", raw).strip("._-")[:100] or "monai_bundle"
+    """The registry name for a bundle: ``name``, else the bundle folder's name, made safe."""
+    from napari_medseg.bundles import bundle_name
 
-
-def _check_unit_range(params: Mapping[str, Any], *, where: str) -> None:
-    b_min, b_max = params.get("b_min"), params.get("b_max")
-    if b_min is None or b_max is None or float(b_min) != 0.0 or float(b_max) != 1.0:
-        raise InvalidInputError(
-            f"{where}: b_min/b_max={b_min}/{b_max}; the card's normalisations map to [0, 1], so only b_min=0, "
-            "b_max=1 can be imported"
-        )
+    return bundle_name(bundle_dir, name=name)

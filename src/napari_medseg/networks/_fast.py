@@ -464,8 +464,19 @@ def _is_pointwise(conv: nn.Module) -> bool:
     )
 
 
-def _replace_pointwise(module: nn.Module) -> None:
+_WRAPPERS = (PointwiseConv, ChannelPaddedConv, FastDropout)
+
+
+def _replace_pointwise(module: nn.Module, _seen: set[int] | None = None) -> None:
+    # a module may be reachable twice (MONAI's DynUNet lists its blocks again in skip_layers):
+    # rewrite each object once, so a wrapped conv is never wrapped again
+    seen = set() if _seen is None else _seen
+    if id(module) in seen or isinstance(module, _WRAPPERS):
+        return
+    seen.add(id(module))
     for name, child in list(module.named_children()):
+        if isinstance(child, _WRAPPERS):
+            continue
         if _is_pointwise(child):
             setattr(module, name, PointwiseConv(child))
         elif _is_thin(child):
@@ -475,7 +486,7 @@ def _replace_pointwise(module: nn.Module) -> None:
             fast.train(child.training)
             setattr(module, name, fast)
         else:
-            _replace_pointwise(child)
+            _replace_pointwise(child, seen)
 
 
 def _fuse_adn(module: nn.Module) -> None:
