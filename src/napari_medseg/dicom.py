@@ -19,7 +19,8 @@ and direction, mm, LPS; see :mod:`napari_medseg.volume`):
   position and by TemporalPositionIndex / DimensionIndexValues; one file per volume or per series.
 
 What is refused (:class:`SeriesIntegrityError`, exit code 2 in the CLI, naming the files): a
-missing slice (a gap over 1.5 times the regular step: the median, or the smallest step when it is at least half the median), uneven spacing (a slice more than
+missing slice (a gap over 1.5 times the regular step: the median, or the smallest step when it
+is at least half the median), uneven spacing (a slice more than
 :data:`POSITION_TOLERANCE_MM` off a regular grid), a duplicate position that is not a multi-volume
 pattern, mixed orientations, sizes or pixel spacings, CT gantry tilt (slice positions not along the
 normal), a folder holding several series when none is chosen (:class:`AmbiguousSeriesError`, which
