@@ -321,21 +321,21 @@ def _walk(folder: Path, max_files: int, max_depth: int) -> list[Path]:
     files: list[Path] = []
     root_depth = len(folder.parts)
     try:
-        walker = list(os.walk(folder, onerror=_raise_walk_error))
+        # pruning ``dirnames`` in place keeps the walk itself within max_depth (no symlinked folders)
+        for dirpath, dirnames, filenames in os.walk(folder, onerror=_raise_walk_error):
+            depth = len(Path(dirpath).parts) - root_depth
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth < max_depth else []
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                files.append(Path(dirpath) / name)
+                if len(files) > max_files:
+                    raise FileFormatError(
+                        f"{folder}: more than {max_files} files in this folder and its subfolders; "
+                        "point at the folder of one study or series"
+                    )
     except OSError as exc:
         raise FileFormatError(f"{exc.filename or folder}: cannot read the folder ({exc.strerror})") from None
-    for dirpath, dirnames, filenames in walker:
-        depth = len(Path(dirpath).parts) - root_depth
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth < max_depth else []
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            files.append(Path(dirpath) / name)
-            if len(files) > max_files:
-                raise FileFormatError(
-                    f"{folder}: more than {max_files} files in this folder and its subfolders; "
-                    "point at the folder of one study or series"
-                )
     return files
 
 
