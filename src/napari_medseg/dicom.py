@@ -112,6 +112,7 @@ class _FileHeader:
     frames: tuple[_Frame, ...]
     slice_spacing: float | None  # SpacingBetweenSlices, else SliceThickness
     n_frames: int = 1
+    samples: int = 1  # SamplesPerPixel: 3 for colour images
 
 
 def _number(value: Any, default: float | None = None) -> float | None:
@@ -248,6 +249,7 @@ def _header_facts(path: Path, ds: Any) -> _FileHeader | None:
         frames=tuple(frames),
         slice_spacing=spacing,
         n_frames=int(_number(ds.get("NumberOfFrames"), 1) or 1),
+        samples=int(_number(ds.get("SamplesPerPixel"), 1) or 1),
     )
 
 
@@ -289,6 +291,7 @@ class SeriesInfo:
     n_volumes: int | None
     problem: str | None = None
     _headers: tuple[_FileHeader, ...] = field(default=(), repr=False, compare=False)
+    _layout: Any = field(default=None, repr=False, compare=False)  # the _Plan found while listing
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (files as a count and the common folder)."""
@@ -358,7 +361,7 @@ def _series_info(uid: str, headers: list[_FileHeader]) -> SeriesInfo:
     headers = sorted(headers, key=lambda h: str(h.path))
     first = headers[0]
     kind = "mosaic" if any(h.mosaic for h in headers) else "enhanced" if any(h.enhanced for h in headers) else "classic"
-    shape = n_volumes = problem = None
+    shape = n_volumes = problem = plan = None
     try:
         plan = _plan(headers, kind)
         shape, n_volumes = plan.shape, plan.n_volumes
@@ -375,6 +378,7 @@ def _series_info(uid: str, headers: list[_FileHeader]) -> SeriesInfo:
         n_volumes=n_volumes,
         problem=problem,
         _headers=tuple(headers),
+        _layout=plan,
     )
 
 
@@ -497,6 +501,12 @@ def _plan(headers: Sequence[_FileHeader], kind: str) -> _Plan:
         return _plan_mosaic(headers)
     frames = [f for h in headers for f in h.frames]
     where = headers[0].path.parent if len({h.path.parent for h in headers}) == 1 else Path(os.path.commonpath([str(h.path) for h in headers]))
+    colour = [h for h in headers if h.samples != 1]
+    if colour:
+        raise SeriesIntegrityError(
+            f"{where}: colour images (SamplesPerPixel {colour[0].samples}: {_names([colour[0].frames[0]], 1)}) "
+            "are not read as volumes"
+        )
     multi = [h for h in headers if h.n_frames > 1 and not h.enhanced]
     if multi:
         raise SeriesIntegrityError(
@@ -797,7 +807,7 @@ def _chosen(path: Path, series_uid: str | None, series_number: int | None) -> tu
     info = find_series(path, series_uid=series_uid, series_number=series_number)
     if info.problem:
         raise SeriesIntegrityError(info.problem)
-    return info, _plan(info._headers, info.kind)
+    return info, info._layout or _plan(info._headers, info.kind)
 
 
 def read_series(info: SeriesInfo, *, volume: int | None = None) -> Volume | MultiVolume:
@@ -817,7 +827,7 @@ def read_series(info: SeriesInfo, *, volume: int | None = None) -> Volume | Mult
     """
     if info.problem:
         raise SeriesIntegrityError(info.problem)
-    plan = _plan(info._headers, info.kind)
+    plan = info._layout or _plan(info._headers, info.kind)
     metadata = _metadata(info, plan)
     if volume is not None:
         k = _check_volume_index(volume, plan.n_volumes, info.uid)
