@@ -66,7 +66,9 @@ def test_classic_series_matches_dcm2niix(tmp_path, setup, reverse):
 
 
 @needs_dcm2niix
-@pytest.mark.parametrize("slope, intercept, dtype", [(1, -1024, np.int16), (0.5, -10.25, np.float32)])
+@pytest.mark.parametrize(
+    "slope, intercept, dtype", [(1, -1024, np.int16), (0.5, -10.25, np.float32), (2.00024, -4096, np.float64)]
+)
 def test_rescaled_ct_values_match_dcm2niix(tmp_path, slope, intercept, dtype):
     raw = _data((4, 10, 8), low=0, high=3000, dtype=np.uint16)
     write_series(tmp_path / "ct", raw, modality="CT", slope=slope, intercept=intercept)

@@ -708,7 +708,11 @@ def _pixel_array(ds: Any, path: Path) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - missing decoders, truncated pixel data
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", syntax)
-        raise FileFormatError(f"{path}: cannot decode the pixel data (transfer syntax {name}: {exc})") from None
+        detail = " ".join(str(exc).split())[:300]
+        raise FileFormatError(
+            f"{path}: cannot decode the pixel data (transfer syntax {name}; {detail}); compressed DICOM needs "
+            "pydicom's decoder plugins (pylibjpeg, python-gdcm), or decompress it with dcmdjpeg / gdcmconv --raw"
+        ) from None
 
 
 def _frame_scaling(ds: Any, frame: int | None) -> tuple[float, float]:
@@ -734,7 +738,10 @@ def _fit_dtype(stacks: list[np.ndarray], scaled: bool, raw_dtype: np.dtype) -> n
             info = np.iinfo(dtype)
             if info.min <= low and high <= info.max:
                 return np.dtype(dtype)
-    return np.dtype(np.float32)
+    # float32 where it holds the rescaled values exactly, else float64 (what dcm2niix/nibabel compute)
+    if all(np.array_equal(a.astype(np.float32), a) for a in stacks):
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
 
 
 def _read_plan(plan: _Plan, info: SeriesInfo, volumes: Sequence[int]) -> list[np.ndarray]:
