@@ -66,7 +66,9 @@ def test_classic_series_matches_dcm2niix(tmp_path, setup, reverse):
 
 
 @needs_dcm2niix
-@pytest.mark.parametrize("slope, intercept, dtype", [(1, -1024, np.int16), (0.5, -10.25, np.float32)])
+@pytest.mark.parametrize(
+    "slope, intercept, dtype", [(1, -1024, np.int16), (0.5, -10.25, np.float32), (2.00024, -4096, np.float64)]
+)
 def test_rescaled_ct_values_match_dcm2niix(tmp_path, slope, intercept, dtype):
     raw = _data((4, 10, 8), low=0, high=3000, dtype=np.uint16)
     write_series(tmp_path / "ct", raw, modality="CT", slope=slope, intercept=intercept)
@@ -338,3 +340,12 @@ def test_cli_refuses_a_broken_series_with_exit_2(tmp_path, run_cli):
     write_series(tmp_path / "gap", _data((5, 10, 8)), skip=(2,))
     proc = run_cli("info", tmp_path / "gap", check_rc=2)
     assert "missing slice" in proc.stderr and "IM" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_search_is_bounded_in_depth_and_file_count(tmp_path):
+    deep = tmp_path / "a" / "b" / "c"
+    write_series(deep, _data((3, 10, 8)), description="deep")
+    assert [s.description for s in list_series(tmp_path, max_depth=3)] == ["deep"]
+    assert list_series(tmp_path, max_depth=2) == []
+    with pytest.raises(Exception, match="more than 2 files"):
+        list_series(tmp_path, max_files=2)

@@ -19,7 +19,8 @@ and direction, mm, LPS; see :mod:`napari_medseg.volume`):
   position and by TemporalPositionIndex / DimensionIndexValues; one file per volume or per series.
 
 What is refused (:class:`SeriesIntegrityError`, exit code 2 in the CLI, naming the files): a
-missing slice (a gap over 1.5 times the regular step: the median, or the smallest step when it is at least half the median), uneven spacing (a slice more than
+missing slice (a gap over 1.5 times the regular step: the median, or the smallest step when it
+is at least half the median), uneven spacing (a slice more than
 :data:`POSITION_TOLERANCE_MM` off a regular grid), a duplicate position that is not a multi-volume
 pattern, mixed orientations, sizes or pixel spacings, CT gantry tilt (slice positions not along the
 normal), a folder holding several series when none is chosen (:class:`AmbiguousSeriesError`, which
@@ -112,6 +113,7 @@ class _FileHeader:
     frames: tuple[_Frame, ...]
     slice_spacing: float | None  # SpacingBetweenSlices, else SliceThickness
     n_frames: int = 1
+    samples: int = 1  # SamplesPerPixel: 3 for colour images
 
 
 def _number(value: Any, default: float | None = None) -> float | None:
@@ -250,6 +252,7 @@ def _header_facts(path: Path, ds: Any) -> _FileHeader | None:
         frames=tuple(frames),
         slice_spacing=spacing,
         n_frames=int(_number(ds.get("NumberOfFrames"), 1) or 1),
+        samples=int(_number(ds.get("SamplesPerPixel"), 1) or 1),
     )
 
 
@@ -291,6 +294,7 @@ class SeriesInfo:
     n_volumes: int | None
     problem: str | None = None
     _headers: tuple[_FileHeader, ...] = field(default=(), repr=False, compare=False)
+    _layout: Any = field(default=None, repr=False, compare=False)  # the _Plan found while listing
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (files as a count and the common folder)."""
@@ -330,6 +334,7 @@ def _walk(folder: Path, max_files: int, max_depth: int) -> list[Path]:
     files: list[Path] = []
     root_depth = len(folder.parts)
     try:
+        # pruning ``dirnames`` in place keeps the walk itself within max_depth (no symlinked folders)
         for dirpath, dirnames, filenames in os.walk(folder, onerror=_raise_walk_error):
             depth = len(Path(dirpath).parts) - root_depth
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth < max_depth else []
@@ -374,7 +379,7 @@ def _series_info(uid: str, headers: list[_FileHeader]) -> SeriesInfo:
     headers = sorted(headers, key=lambda h: str(h.path))
     first = headers[0]
     kind = "mosaic" if any(h.mosaic for h in headers) else "enhanced" if any(h.enhanced for h in headers) else "classic"
-    shape = n_volumes = problem = None
+    shape = n_volumes = problem = plan = None
     try:
         plan = _plan(headers, kind)
         shape, n_volumes = plan.shape, plan.n_volumes
@@ -391,6 +396,7 @@ def _series_info(uid: str, headers: list[_FileHeader]) -> SeriesInfo:
         n_volumes=n_volumes,
         problem=problem,
         _headers=tuple(headers),
+        _layout=plan,
     )
 
 
@@ -513,6 +519,12 @@ def _plan(headers: Sequence[_FileHeader], kind: str) -> _Plan:
         return _plan_mosaic(headers)
     frames = [f for h in headers for f in h.frames]
     where = headers[0].path.parent if len({h.path.parent for h in headers}) == 1 else Path(os.path.commonpath([str(h.path) for h in headers]))
+    colour = [h for h in headers if h.samples != 1]
+    if colour:
+        raise SeriesIntegrityError(
+            f"{where}: colour images (SamplesPerPixel {colour[0].samples}: {_names([colour[0].frames[0]], 1)}) "
+            "are not read as volumes"
+        )
     multi = [h for h in headers if h.n_frames > 1 and not h.enhanced]
     if multi:
         raise SeriesIntegrityError(
@@ -714,7 +726,11 @@ def _pixel_array(ds: Any, path: Path) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - missing decoders, truncated pixel data
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", syntax)
-        raise FileFormatError(f"{path}: cannot decode the pixel data (transfer syntax {name}: {exc})") from None
+        detail = " ".join(str(exc).split())[:300]
+        raise FileFormatError(
+            f"{path}: cannot decode the pixel data (transfer syntax {name}; {detail}); compressed DICOM needs "
+            "pydicom's decoder plugins (pylibjpeg, python-gdcm), or decompress it with dcmdjpeg / gdcmconv --raw"
+        ) from None
 
 
 def _frame_scaling(ds: Any, frame: int | None) -> tuple[float, float]:
@@ -740,7 +756,10 @@ def _fit_dtype(stacks: list[np.ndarray], scaled: bool, raw_dtype: np.dtype) -> n
             info = np.iinfo(dtype)
             if info.min <= low and high <= info.max:
                 return np.dtype(dtype)
-    return np.dtype(np.float32)
+    # float32 where it holds the rescaled values exactly, else float64 (what dcm2niix/nibabel compute)
+    if all(np.array_equal(a.astype(np.float32), a) for a in stacks):
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
 
 
 def _read_plan(plan: _Plan, info: SeriesInfo, volumes: Sequence[int]) -> list[np.ndarray]:
@@ -821,7 +840,7 @@ def _chosen(path: Path, series_uid: str | None, series_number: int | None) -> tu
     info = find_series(path, series_uid=series_uid, series_number=series_number)
     if info.problem:
         raise SeriesIntegrityError(info.problem)
-    return info, _plan(info._headers, info.kind)
+    return info, info._layout or _plan(info._headers, info.kind)
 
 
 def read_series(info: SeriesInfo, *, volume: int | None = None) -> Volume | MultiVolume:
@@ -841,7 +860,7 @@ def read_series(info: SeriesInfo, *, volume: int | None = None) -> Volume | Mult
     """
     if info.problem:
         raise SeriesIntegrityError(info.problem)
-    plan = _plan(info._headers, info.kind)
+    plan = info._layout or _plan(info._headers, info.kind)
     metadata = _metadata(info, plan)
     if volume is not None:
         k = _check_volume_index(volume, plan.n_volumes, info.uid)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from napari_medseg.cli._inputs import add_input_options, read_input
-import json
 
 _DESCRIPTION = """\
 Post-process a label map (per label, radii and sizes in mm on the image's own voxel grid) and write

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-
-from napari_medseg.cli._inputs import add_input_options, read_input
 import json
 import sys
+
+from napari_medseg.cli._inputs import add_input_options, read_input
 
 _METRICS = ("udt", "dt", "intensity", "reference")
 _REGULARIZERS = ("elastic", "gaussian", "diffusive")

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_medseg.dicom import is_dicom_file as _is_dicom_file
 from napari_medseg.dicom_seg import is_dicom_seg
 from napari_medseg.errors import MedsegError
 from napari_medseg.multivolume import MultiVolume
@@ -73,15 +74,6 @@ _ENV_PPM = "MEDSEG_IMZML_PPM"
 _MIN_TOLERANCE_DA = 0.005
 
 LayerData = tuple[Any, dict, str]
-
-
-def _is_dicom_file(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
 
 
 def _is_dicom_folder(path: Path, depth: int = 3) -> bool:
