@@ -535,7 +535,35 @@ def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
         raise InvalidInputError(f"{p}: {exc}") from None
     if fmt == VolumeFormat.NIFTI and np.issubdtype(volume.array.dtype, np.floating):
         _restore_nifti_nans(p, volume.array)
+    if "medseg_scale" in volume.metadata and np.issubdtype(volume.array.dtype, np.integer):
+        volume = _apply_header_scale(volume, p)  # compact maps (napari_medseg.compact); NIfTI's scl_slope SimpleITK applies
     return volume
+
+
+def _apply_header_scale(volume: Volume, path: Path) -> Volume:
+    try:
+        scale = float(volume.metadata["medseg_scale"])
+        offset = float(volume.metadata.get("medseg_offset", "0"))
+    except ValueError:
+        raise FileFormatError(f"{path}: header field medseg_scale={volume.metadata['medseg_scale']!r} is not a number") from None
+    array = volume.array.astype(np.float32)
+    array *= np.float32(scale)
+    if offset:
+        array += np.float32(offset)
+    return volume.derive(array)
+
+
+def _set_nifti_scale(path: Path, slope: float, inter: float) -> None:
+    """Write ``scl_slope`` / ``scl_inter`` into a NIfTI-1 header SimpleITK wrote (it cannot itself)."""
+    import gzip
+    import struct
+
+    compressed = path.name.lower().endswith(".gz")
+    data = bytearray(gzip.decompress(path.read_bytes()) if compressed else path.read_bytes())
+    if struct.unpack_from("<i", data, 0)[0] != 348:
+        raise InvalidInputError(f"{path}: not a little-endian NIfTI-1 header; cannot store the scale")
+    struct.pack_into("<ff", data, 112, slope, inter)
+    path.write_bytes(gzip.compress(bytes(data), compresslevel=6, mtime=0) if compressed else bytes(data))
 
 
 def _restore_nifti_nans(path: Path, array: np.ndarray) -> None:
@@ -770,6 +798,8 @@ def write_volume(
             sitk.WriteImage(image, str(tmp_file), use_compression)
         except RuntimeError as exc:
             raise InvalidInputError(f"{target}: cannot write this image in this format ({str(exc).strip().splitlines()[-1]})") from None
+        if fmt == VolumeFormat.NIFTI and "medseg_scale" in metadata and np.issubdtype(array.dtype, np.integer):
+            _set_nifti_scale(tmp_file, float(metadata["medseg_scale"]), float(metadata.get("medseg_offset", "0")))
         # data files (.raw/.zraw of a .mhd) first, the header last
         for produced in sorted(tmp_dir.iterdir(), key=lambda f: f.name == target.name):
             os.replace(produced, target.parent / produced.name)
