@@ -5,10 +5,14 @@ one scale per file and compressed it takes a few MB. :func:`compact_map` returns
 volume with ``medseg_scale`` (value = stored integer x scale), ``medseg_offset`` (0) and
 ``medseg_precision`` (the largest rounding error, in the map's unit) in its metadata.
 
-- NIfTI: :func:`napari_medseg.volume.write_volume` also writes the scale into the header's
-  standard ``scl_slope`` / ``scl_inter`` fields, which every NIfTI reader applies (nibabel,
-  SimpleITK/ITK, FSL, ANTs, 3D Slicer, ITK-SNAP). NIfTI-1 has no float16 type (nibabel refuses
-  it, and SimpleITK cannot write float16 at all), so 8-bit with a slope is the widely readable choice.
+- NIfTI: :func:`napari_medseg.volume.write_volume` also writes the scale of a single-component
+  map into the header's standard ``scl_slope`` / ``scl_inter`` fields, which every NIfTI reader
+  applies (nibabel, SimpleITK/ITK, FSL, ANTs, 3D Slicer, ITK-SNAP). NIfTI-1 has no float16 type
+  (nibabel refuses it, and SimpleITK cannot write float16 at all), so 8-bit with a slope is the
+  widely readable choice. Multi-component maps (NIfTI vector images) carry the scale in the
+  header's ``descrip`` text instead (``medseg_scale=... medseg_offset=0``): ITK 5.4 corrupts
+  memory reading a vector NIfTI with a slope. medseg's readers apply it; for other tools prefer
+  ``.nrrd`` or multiply by the scale.
 - NRRD / MetaImage: the scale is kept as the custom header fields above, which
   :func:`napari_medseg.volume.read_volume` (and so napari and ``medseg info``) applies; other
   tools show the stored integers, to be multiplied by ``medseg_scale``.
@@ -61,7 +65,7 @@ def compact_map(volume: Volume, *, kind: str = "uncertainty", bits: int = BITS) 
     >>> from napari_medseg.volume import Geometry, Volume
     >>> v = compact_map(Volume(np.array([[[0.0, 0.5, 1.0]]], np.float32), Geometry()), kind="probability")
     >>> v.array.tolist(), round(float(v.metadata["medseg_scale"]) * 255, 6)
-    ([[[0, 128, 255]]], 1.0)
+    ([[[0, 127, 255]]], 1.0)
     """
     if kind not in ("uncertainty", "probability"):
         raise InvalidInputError(f"kind={kind!r}: expected 'uncertainty' or 'probability'")
