@@ -41,6 +41,10 @@ __all__ = [
 ]
 
 
+#: 2D channels-last instance norm sums by rows up to this many channels (benchmarks/predict_speed.py)
+BLOCKED_SUM_MAX_CHANNELS_2D = 32
+
+
 def channels_last_format(ndim: int) -> torch.memory_format:
     """``channels_last_3d`` for 5D tensors, ``channels_last`` for 4D, else ``contiguous_format``."""
     return {5: torch.channels_last_3d, 4: torch.channels_last}.get(ndim, torch.contiguous_format)
@@ -78,7 +82,7 @@ class FusedInstanceNormAct(nn.Module):
         # mean dominates the spread (cancellation).
         # 2D: the same blocking by rows when channels are few (measured on 16 x 160^2 slices, 16
         # channels: 104 ms vs 428 ms; with 128 channels the strided sum is faster)
-        if channels_last and (x.ndim == 5 or c <= 32):
+        if channels_last and (x.ndim == 5 or c <= BLOCKED_SUM_MAX_CHANNELS_2D):
             blocks = xm.view(b, x.shape[2], -1, c)  # (B, D, H*W, C) or (B, H, W, C)
             ones = torch.ones(1, blocks.shape[2], dtype=x.dtype, device=x.device)
             sum64 = torch.matmul(ones, blocks).sum(dim=(1, 2), dtype=torch.float64)
