@@ -422,7 +422,7 @@ def partition(cases: Sequence[Case], num_parts: int = 1, part_id: int = 0) -> li
 def case_outputs(case: Case, *, probabilities_dir: Path | None = None, uncertainty_dir: Path | None = None) -> dict[str, Path]:
     """The files a case writes, by role: ``labels``, ``sidecar`` and the requested maps."""
     out = {"labels": case.output, "sidecar": Path(str(case.output) + _SIDECAR)}
-    ext = case.output.name[len(case.name):] if case.output.name.startswith(case.name) else _output_suffix(case.output, None)
+    ext = _volume_suffix(case.output) or ".nii.gz"
     if probabilities_dir is not None:
         out["probabilities"] = Path(probabilities_dir) / (case.name + ext)
     if uncertainty_dir is not None:
