@@ -8,7 +8,8 @@ scanner's arbitrary intensity scale (:func:`image_features`):
   images have none; a CT in Hounsfield units has its air at -1000 (typically 30-70 %).
 - ``foreground_fraction``: voxels above p0.5 + 10 % of the robust range (the head, not the air).
 - ``foreground_relative_percentiles``: the foreground's p0.5, p50, p99.5 as fractions of the
-  robust range (where tissue sits between background and the brightest voxels).
+  robust range (where tissue sits between background and the brightest voxels); the gap from
+  p0.5 to p50 also shows a foreground in one narrow peak (CT soft tissue at any offset).
 - ``foreground_extent_mm``: the foreground's bounding box, longest to shortest side (the field of
   view that holds the object).
 - ``foreground_percentiles``: the same percentiles in raw units, compared only for models whose
@@ -39,8 +40,9 @@ __all__ = ["InputMismatchError", "image_features", "fingerprint_from_volumes", "
 PERCENTILES = (0.5, 50.0, 99.5)
 #: tolerances: how far outside the training range an input may lie before a warning
 NEGATIVE_FRACTION_MIN = 0.02  # absolute; and at least twice the training maximum
-FOREGROUND_FRACTION_FACTOR = 2.0  # x / / the training range
+FOREGROUND_FRACTION_FACTOR = 1.5  # x / / the training range
 RELATIVE_MEDIAN_MARGIN = 0.15  # of the robust range
+NARROW_SPREAD_FACTOR = 0.5  # foreground p0.5..p50 narrower than half the training's smallest
 EXTENT_FACTOR = 1.6  # x / / the training range, per sorted side
 OUTSIDE_RANGE_FRACTION = 0.5  # absolute normalisations: half the foreground outside the training range
 _MAX_SAMPLES = 2_000_000
@@ -182,6 +184,16 @@ def input_fit_messages(volume: Volume, card: Any) -> list[str]:
             messages.append(
                 f"the input's intensity distribution differs from the training inputs': its foreground median sits at "
                 f"{median:.2f} of its intensity range, {lo:.2f}-{hi:.2f} in training ({modality})"
+            )
+        # the lower half of the foreground in a narrow peak (CT soft tissue, whatever its offset),
+        # where training images spread over tissues with different intensities
+        spread = f["foreground_relative_percentiles"][1] - f["foreground_relative_percentiles"][0]
+        least = max(0.05, NARROW_SPREAD_FACTOR * (rel[1][0] - rel[0][1]))
+        if spread < least:
+            messages.append(
+                f"the input's foreground intensities sit in one narrow peak (p0.5 to median: {spread:.3f} of its range, "
+                f"at least {rel[1][0] - rel[0][1]:.2f} in training {modality}): soft tissue of a CT, or a "
+                "different modality?"
             )
     frac = _get(fp, "foreground_fraction")
     if frac is not None:
