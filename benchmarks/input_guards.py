@@ -19,7 +19,7 @@ from scipy import ndimage
 from napari_medseg.guards import image_features, input_fit_messages
 from napari_medseg.registry import load_model
 from napari_medseg.sample_data import mni152_t1, mni152_tissue_probabilities
-from napari_medseg.volume import Geometry, Volume
+from napari_medseg.volume import Volume
 
 
 def _bias(shape, rng, amplitude):

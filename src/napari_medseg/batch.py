@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from napari_medseg.errors import CancelledError, FileFormatError, InvalidInputError, MedsegError
+from napari_medseg.errors import CancelledError, InvalidInputError, MedsegError
 from napari_medseg.progress import CancelEvent, ProgressCallback, check_cancelled, report
 from napari_medseg.volume import SUPPORTED_SUFFIXES, Volume, read_volume
 
