@@ -299,6 +299,21 @@ class DropoutSpec(_Spec):
 
 
 
+class InputFingerprint(_Spec):
+    """What the training inputs looked like (first channel); :mod:`napari_medseg.guards` computes
+    it (``fingerprint_from_volumes``) and warns when an input does not fit. Each feature is the
+    ``[min, max]`` over the training cases (list features: one pair per entry)."""
+
+    modality: str = Field(min_length=1)
+    n_cases: int = Field(ge=1)
+    percentiles: tuple[float, float, float] = (0.5, 50.0, 99.5)
+    negative_fraction: tuple[float, float]
+    foreground_fraction: tuple[float, float]
+    foreground_percentiles: tuple[tuple[float, float], tuple[float, float], tuple[float, float]]
+    foreground_relative_percentiles: tuple[tuple[float, float], tuple[float, float], tuple[float, float]]
+    foreground_extent_mm: tuple[tuple[float, float], tuple[float, float], tuple[float, float]]
+
+
 class FileSpec(_Spec):
     """A file of the model folder and its sha256."""
 
@@ -378,6 +393,7 @@ class ModelCard(_Spec):
     monai_bundle: dict[str, Any] | None = None
     outputs: OutputSpec | None = None
     bundle: BundleSpec | None = None
+    input_fingerprint: InputFingerprint | None = Field(None, description="what the training inputs looked like (guards.py)")
 
     @field_validator("name")
     @classmethod
@@ -576,7 +592,8 @@ def card_warnings(volume: Volume, card: ModelCard) -> list[str]:
     -------
     list of str
         One message per difference: spacing (1 % tolerance), orientation, a 3D model on a single
-        slice; empty when the input matches.
+        slice, and an input unlike the training inputs (the card's ``input_fingerprint``, see
+        :func:`napari_medseg.guards.input_fit_messages`); empty when the input matches.
     """
     import numpy as np
 
@@ -595,6 +612,10 @@ def card_warnings(volume: Volume, card: ModelCard) -> list[str]:
         )
     if card.spatial_dims == 3 and 1 in volume.shape:
         messages.append(f"model {card.name!r} is 3D but the input is a single slice (shape {volume.shape})")
+    if card.input_fingerprint is not None:
+        from napari_medseg.guards import input_fit_messages
+
+        messages.extend(input_fit_messages(volume, card))
     return messages
 
 

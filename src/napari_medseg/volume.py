@@ -579,7 +579,48 @@ def read_volume(path: str | os.PathLike, *, series_uid: str | None = None, keep_
     check_geometry_fields(p, spacing=g.spacing, origin=g.origin, direction=g.direction_matrix)
     if fmt == VolumeFormat.NIFTI and np.issubdtype(volume.array.dtype, np.floating):
         _restore_nifti_nans(p, volume.array)
+    if fmt == VolumeFormat.NIFTI and reader.HasMetaDataKey("descrip"):
+        # multi-component compact maps keep their scale in descrip (see _set_nifti_scale)
+        notes = dict(t.split("=", 1) for t in reader.GetMetaData("descrip").split() if t.startswith("medseg_") and "=" in t)
+        if "medseg_scale" in notes and np.issubdtype(volume.array.dtype, np.integer):
+            volume = volume.derive(volume.array, metadata={**volume.metadata, **notes})
+    if "medseg_scale" in volume.metadata and np.issubdtype(volume.array.dtype, np.integer):
+        volume = _apply_header_scale(volume, p)  # compact maps (napari_medseg.compact); NIfTI's scl_slope SimpleITK applies
     return volume
+
+
+def _apply_header_scale(volume: Volume, path: Path) -> Volume:
+    try:
+        scale = float(volume.metadata["medseg_scale"])
+        offset = float(volume.metadata.get("medseg_offset", "0"))
+    except ValueError:
+        raise FileFormatError(f"{path}: header field medseg_scale={volume.metadata['medseg_scale']!r} is not a number") from None
+    array = volume.array.astype(np.float32)
+    array *= np.float32(scale)
+    if offset:
+        array += np.float32(offset)
+    return volume.derive(array)
+
+
+def _set_nifti_scale(path: Path, slope: float, inter: float, *, vector: bool) -> None:
+    """Store a compact map's scale in a NIfTI-1 header SimpleITK wrote (it cannot itself).
+
+    Scalar images get the standard ``scl_slope`` / ``scl_inter``, which every NIfTI reader applies.
+    Vector images (``intent_code`` 1007) get the scale in ``descrip`` only: ITK 5.4 (SimpleITK
+    2.5, 3D Slicer) corrupts memory reading a vector NIfTI with a slope; medseg's reader applies it.
+    """
+    import gzip
+    import struct
+
+    compressed = path.name.lower().endswith(".gz")
+    data = bytearray(gzip.decompress(path.read_bytes()) if compressed else path.read_bytes())
+    if struct.unpack_from("<i", data, 0)[0] != 348:
+        raise InvalidInputError(f"{path}: not a little-endian NIfTI-1 header; cannot store the scale")
+    note = f"medseg_scale={slope!r} medseg_offset={inter!r}".encode()[:79]
+    data[148:228] = note + b"\0" * (80 - len(note))
+    if not vector:
+        struct.pack_into("<ff", data, 112, slope, inter)
+    path.write_bytes(gzip.compress(bytes(data), compresslevel=6, mtime=0) if compressed else bytes(data))
 
 
 def _restore_nifti_nans(path: Path, array: np.ndarray) -> None:
@@ -953,6 +994,10 @@ def _stage_volume(
             if failure is not None:
                 raise failure from None
             raise InvalidInputError(f"{target}: cannot write this image in this format ({detail})") from None
+        if fmt == VolumeFormat.NIFTI and "medseg_scale" in metadata and np.issubdtype(array.dtype, np.integer):
+            # compact maps (napari_medseg.compact): the scale SimpleITK cannot store itself
+            _set_nifti_scale(folder / staged_names[-1], float(metadata["medseg_scale"]),
+                             float(metadata.get("medseg_offset", "0")), vector=array.ndim == 4)
         produced = sorted(f.name for f in folder.iterdir())
         if produced != sorted(staged_names):
             raise InvalidInputError(

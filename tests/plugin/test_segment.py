@@ -201,3 +201,29 @@ def test_dock_widget_from_the_manifest(make_napari_viewer, tiny_model):
     widget.model_combo.setCurrentText("tiny-seg")
     viewer.add_image(np.zeros((4, 5, 6), np.float32), name="new image")  # the widget got this viewer
     assert widget.channel_combos[0].currentText() == "new image"
+
+
+def test_run_a_folder_of_cases(make_napari_viewer, qtbot, tiny_model, tmp_path):
+    from napari_medseg.volume import read_volume, write_volume
+
+    viewer = make_napari_viewer()
+    src, out = tmp_path / "cases", tmp_path / "segs"
+    src.mkdir()
+    for i in range(2):
+        write_volume(Volume(_small_array() + i, Geometry((1.0, 1.0, 2.0))), src / f"case{i}.nii.gz")
+    (src / "broken.nii.gz").write_bytes(b"not a nifti")
+    widget = _widget(viewer, qtbot)
+    widget.input_folder_edit.setText(str(src))
+    widget.output_folder_edit.setText(str(out))
+    before = [layer.name for layer in viewer.layers]
+    click_and_wait(qtbot, widget.folder_button, widget.folder_runner, timeout_ms=_TIMEOUT_MS)
+    assert widget.folder_runner.last_outcome == "done"
+    summary = widget.folder_summary
+    assert [r.case.name for r in summary.done] == ["case0", "case1"] and [r.case.name for r in summary.failed] == ["broken"]
+    assert "2 done" in widget.folder_summary_label.text() and "broken" in widget.folder_summary_label.text()
+    assert read_volume(out / "case1.nii.gz").shape == (10, 24, 28)
+    assert read_volume(out / "uncertainty" / "case1.nii.gz").shape == (10, 24, 28)
+    assert [layer.name for layer in viewer.layers] == before  # folder mode writes files only
+    widget.output_folder_edit.setText("")
+    click_and_wait(qtbot, widget.folder_button, widget.folder_runner, timeout_ms=_TIMEOUT_MS)
+    assert widget.folder_runner.last_outcome == "failed" and "output folder" in str(widget.folder_runner.last_error)

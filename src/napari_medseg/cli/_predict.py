@@ -26,6 +26,13 @@ Provenance (models, sha256, parameters, version) is written into the header of N
 and always into the JSON sidecar OUT.json. Nothing is written before the whole prediction has
 succeeded, and each file is written atomically, so a failure or Ctrl-C leaves no partial file.
 
+Maps are stored compactly: 8-bit integers with the scale in the header (NIfTI scl_slope, read by
+every NIfTI reader; NRRD/MHA field medseg_scale, applied by medseg's readers) and compressed; the
+rounding error is stated in the sidecar (outputs.*.precision) and header (medseg_precision).
+
+Input guards: a warning says when IN does not look like the model's training inputs (a CT into an
+MR model, mostly background, a much smaller or larger field of view); --strict refuses it (exit 2).
+
 Exit codes: 0 success, 1 internal error, 2 bad input, 130 cancelled.
 """
 
@@ -35,14 +42,16 @@ _DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from napari_medseg.cli._batch import COHORT_HELP
+
     parser = subparsers.add_parser(
         "predict",
         help="segment a volume with registry models (labels, probabilities, uncertainty)",
-        description=_DESCRIPTION,
+        description=_DESCRIPTION + "\n" + COHORT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("input", metavar="IN", nargs="+", help="input volume file or DICOM folder; several for multi-channel models, in the card's channel order")
-    parser.add_argument("output", metavar="OUT", help="output label map; the extension picks the format (.dcm from a DICOM folder: a DICOM SEG)")
+    parser.add_argument("input", metavar="IN", nargs="+", help="input volume file or DICOM folder; several for multi-channel models, in the card's channel order; or one folder / .txt / .csv list / quoted glob of cases (see Cohorts)")
+    parser.add_argument("output", metavar="OUT", help="output label map; the extension picks the format (a folder for a cohort; .dcm from a DICOM folder: a DICOM SEG)")
     add_input_options(parser)
     parser.add_argument("--model", action="append", required=True, metavar="NAME", help="registry name or model folder; repeat for an ensemble")
     parser.add_argument("--device", default="auto", choices=_DEVICES, help="where the network runs (default auto)")
@@ -64,8 +73,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     fill.add_argument("--fill-holes-2d", action="store_true", help="fill holes slice by slice along z")
     post.add_argument("--min-size-mm3", type=float, metavar="V", help="remove components smaller than V mm^3")
     post.add_argument("--keep-largest", type=int, nargs="?", const=1, metavar="N", help="keep the N largest components per label (default 1)")
+    from napari_medseg.cli._batch import add_arguments as add_cohort_arguments
     from napari_medseg.jobs import add_job_dir_argument
 
+    add_cohort_arguments(parser)
     add_job_dir_argument(parser)
     parser.set_defaults(func=run_predict)
 
@@ -107,6 +118,10 @@ def run_predict(args: argparse.Namespace, *, cancel=None) -> None:
     job's cancel flag, and reports the written files in ``done``'s ``outputs`` (``labels``,
     ``sidecar`` and, when asked for, ``probabilities`` and ``uncertainty``, as absolute paths).
     """
+    from napari_medseg.cli._batch import is_cohort, run_cohort_command
+
+    if is_cohort(args):  # a folder, list or glob of cases: napari_medseg.batch
+        return run_cohort_command(args, cancel=cancel) or None
     from napari_medseg.jobs import reporter_from_args, run_reported
 
     reporter = reporter_from_args(args)
@@ -170,6 +185,12 @@ def _predict(args: argparse.Namespace, *, cancel, progress, show_progress: bool)
     _check_output_shape(output, volumes[0])
     seg_source = check_predict_seg(seg_reference, volumes[0])
     card = models[0].card
+    if getattr(args, "strict", False):
+        from napari_medseg.guards import InputMismatchError, input_fit_messages
+
+        misfit = input_fit_messages(volumes[0], card)
+        if misfit:
+            raise InputMismatchError(f"{args.input[0]}: " + "; ".join(misfit) + " (--strict)")
     label_values = card.label_values
     label_names = [card.labels[v].name for v in label_values]
 
@@ -202,18 +223,25 @@ def _predict(args: argparse.Namespace, *, cancel, progress, show_progress: bool)
     )
     provenance["outputs"] = {"labels": str(output)}
 
+    from napari_medseg.compact import compact_map
+
     names = {v: label_names[i] for i, v in enumerate(label_values)}
     colors = {v: tuple(card.labels[v].color) for v in label_values}
     to_write = [(labels, output, {"label_names": names, "label_colors": colors})]
     if args.probabilities:
         prob = prediction.probabilities
-        prob = prob.derive(prob.array, metadata={"medseg_components": ",".join(label_names)})
+        prob = compact_map(prob.derive(prob.array, metadata={"medseg_components": ",".join(label_names)}), kind="probability")
         to_write.append((prob, Path(args.probabilities), {}))
-        provenance["outputs"]["probabilities"] = {"file": args.probabilities, "components": label_names}
+        provenance["outputs"]["probabilities"] = {
+            "file": args.probabilities, "components": label_names, "precision": prob.metadata["medseg_precision"],
+        }
     if args.uncertainty:
         unc, components = _uncertainty_volume(prediction, label_names)
+        unc = compact_map(unc, kind="uncertainty")
         to_write.append((unc, Path(args.uncertainty), {}))
-        provenance["outputs"]["uncertainty"] = {"file": args.uncertainty, "components": components}
+        provenance["outputs"]["uncertainty"] = {
+            "file": args.uncertainty, "components": components, "precision": unc.metadata["medseg_precision"],
+        }
 
     from napari_medseg.inference import provenance_metadata
     from napari_medseg.outputs import write_outputs

@@ -11,6 +11,9 @@ as notifications). On the main thread it then adds:
 - a list of the most uncertain regions (:func:`napari_medseg.uncertainty.uncertain_regions` on the
   mutual information, or the entropy for a deterministic run); clicking one centres the view on it.
 
+"Folder of cases" runs :func:`napari_medseg.batch.run_cohort` on an input folder (or list) into an
+output folder, with a progress bar over cases and Cancel; nothing is added to the viewer.
+
 Every layer carries the input's geometry and the prediction's provenance (model name and sha256,
 parameters) in its metadata (:func:`._layers.layer_kwargs`). Re-thresholding recomputes the
 labels from the kept probabilities (:func:`napari_medseg.uncertainty.labels_from_probabilities`),
@@ -29,10 +32,12 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QListWidget,
     QListWidgetItem,
     QProgressBar,
@@ -72,7 +77,7 @@ if TYPE_CHECKING:
 
     from napari_medseg.registry import ModelCard, RegistryModel
 
-__all__ = ["SegmentWidget", "SegmentResult", "run_segmentation", "card_summary_html", "N_REGIONS"]
+__all__ = ["SegmentWidget", "SegmentResult", "run_segmentation", "run_folder_segmentation", "card_summary_html", "N_REGIONS"]
 
 #: how many uncertain regions the list shows
 N_REGIONS = 10
@@ -127,6 +132,49 @@ def run_segmentation(
     u = prediction.uncertainty[map_name]
     regions = uncertain_regions(u.array, spacing_mm=u.geometry.spacing_zyx, n=N_REGIONS)
     return SegmentResult(prediction, layers[0].name, model.name, regions, map_name)
+
+
+def run_folder_segmentation(
+    source: str,
+    output_folder: str,
+    model: RegistryModel | None,
+    *,
+    overwrite: bool = False,
+    uncertainty: bool = False,
+    probabilities: bool = False,
+    progress=None,
+    cancel=None,
+    **options: Any,
+):
+    """The folder worker's job: :func:`napari_medseg.batch.discover_cases` then
+    :func:`~napari_medseg.batch.run_cohort`; maps go to ``<output>/uncertainty`` and
+    ``<output>/probabilities``. Returns the :class:`~napari_medseg.batch.CohortSummary`.
+
+    Raises
+    ------
+    InvalidInputError
+        No model, an empty folder name, or what case discovery refuses.
+    CancelledError
+        If ``cancel`` is set (finished cases stay written).
+    """
+    from pathlib import Path
+
+    from napari_medseg.batch import PredictOptions, discover_cases, run_cohort
+
+    if model is None:
+        raise InvalidInputError("no model selected: add one to the registry (Models widget) or set a model folder")
+    if not source:
+        raise InvalidInputError("choose an input folder (or a .txt/.csv list of cases)")
+    if not output_folder:
+        raise InvalidInputError("choose an output folder")
+    out = Path(output_folder)
+    cases = discover_cases(source, out, channel_names=[c.name for c in model.card.channels])
+    return run_cohort(
+        cases, [model], options=PredictOptions(**options), overwrite=overwrite,
+        uncertainty_dir=out / "uncertainty" if uncertainty else None,
+        probabilities_dir=out / "probabilities" if probabilities else None,
+        progress=progress, cancel=cancel,
+    )
 
 
 def _rgb_hex(colour: Sequence[float]) -> str:
@@ -249,6 +297,37 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.status_label)
         self.runner = TaskRunner(self.run_button, self.progress_bar, self.status_label, what="Segmentation")
 
+        # folder mode: every case of a folder, written to an output folder (napari_medseg.batch)
+        folder_box = QGroupBox("Folder of cases")
+        folder_form = QFormLayout(folder_box)
+        self.input_folder_edit = QLineEdit()
+        self.input_folder_edit.setPlaceholderText("input folder (or a .txt/.csv list, or a glob)")
+        self.output_folder_edit = QLineEdit()
+        self.output_folder_edit.setPlaceholderText("output folder")
+        for title, edit in (("Input", self.input_folder_edit), ("Output", self.output_folder_edit)):
+            row = QHBoxLayout()
+            browse = QPushButton("Browse...")
+            browse.clicked.connect(lambda _=False, e=edit: self._browse_folder(e))
+            row.addWidget(edit, 1)
+            row.addWidget(browse)
+            folder_form.addRow(title, row)
+        self.overwrite_check = QCheckBox("Overwrite cases whose outputs exist")
+        folder_form.addRow(self.overwrite_check)
+        self.folder_button = QPushButton("Run folder")
+        self.folder_bar = QProgressBar()
+        self.folder_status = QLabel()
+        self.folder_status.setWordWrap(True)
+        folder_form.addRow(self.folder_button)
+        folder_form.addRow(self.folder_bar)
+        folder_form.addRow(self.folder_status)
+        self.folder_summary_label = QLabel()
+        self.folder_summary_label.setWordWrap(True)
+        self.folder_summary_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        folder_form.addRow(self.folder_summary_label)
+        self.folder_runner = TaskRunner(self.folder_button, self.folder_bar, self.folder_status, what="Folder segmentation")
+        self.folder_summary = None  # the last run's CohortSummary
+        layout.addWidget(folder_box)
+
         # results: uncertain regions and re-thresholding
         results_box = QGroupBox("Results")
         results_layout = QVBoxLayout(results_box)
@@ -280,6 +359,7 @@ class SegmentWidget(QWidget):
         self.refresh_button.clicked.connect(self.refresh_models)
         self.model_combo.currentTextChanged.connect(self._on_model_changed)
         self.run_button.clicked.connect(self._on_run_clicked)
+        self.folder_button.clicked.connect(self._on_folder_clicked)
         self.threshold_button.clicked.connect(self._on_threshold_clicked)
         self.regions_list.itemClicked.connect(self._on_region_clicked)
         plugin_events().registry_changed.connect(self.refresh_models)
@@ -383,6 +463,41 @@ class SegmentWidget(QWidget):
             dropout_rate=float(self.dropout_spin.value()), tta_flips=self.tta_check.isChecked(),
             seed=int(self.seed_spin.value()),
         )
+
+    # --------------------------------------------------------------------------- folder mode
+    def _browse_folder(self, edit: QLineEdit) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Choose a folder", edit.text())
+        if folder:
+            edit.setText(folder)
+
+    def _on_folder_clicked(self) -> None:
+        if self.folder_runner.running:
+            self.folder_runner.cancel()
+            return
+        self.run_folder()
+
+    def run_folder(self):
+        """Segment every case of the input folder into the output folder in a worker (the Run
+        folder button); the same core call as ``medseg predict FOLDER OUT``. Returns the worker."""
+        return self.folder_runner.start(
+            run_folder_segmentation, self.input_folder_edit.text().strip(), self.output_folder_edit.text().strip(),
+            self.model, on_returned=self._show_folder_summary, overwrite=self.overwrite_check.isChecked(),
+            uncertainty=self.uncertainty_check.isChecked(), probabilities=self.probabilities_check.isChecked(),
+            device=self.device_combo.currentText(), overlap=float(self.overlap_spin.value()),
+            batch_size=self.batch_spin.value() or None, mc_samples=int(self.mc_spin.value()),
+            dropout_rate=float(self.dropout_spin.value()), tta_flips=self.tta_check.isChecked(),
+            seed=int(self.seed_spin.value()),
+        )
+
+    def _show_folder_summary(self, summary) -> None:
+        self.folder_summary = summary
+        text = summary.describe()
+        for result in summary.results:
+            for message in result.warnings:
+                warn(f"{result.case.name}: {message}")
+        if summary.failed:
+            warn(f"Folder segmentation: {text}")
+        self.folder_summary_label.setText(text)
 
     def _add_result_layers(self, result: SegmentResult) -> Iterator[None]:
         """Create the output layers (main thread), one per step of the event loop (see TaskRunner)."""
