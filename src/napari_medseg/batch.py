@@ -203,17 +203,15 @@ def is_cohort_source(path: str | os.PathLike) -> bool:
 
 
 def dicom_series_cases(folder: Path) -> list[tuple[str, Path, str]]:
-    """One ``(name, folder, series_uid)`` per DICOM series in ``folder`` (not recursive).
+    """One ``(name, folder, series_uid)`` per DICOM image series in ``folder`` and its subfolders.
 
     The name is the folder's name, followed by ``_<n>`` (1-based, in SeriesInstanceUID order)
-    when the folder holds several series.
-
-    TODO(dicom): use ``napari_medseg.dicom.list_series`` (series descriptions, dcm2niix-style
-    names) once that module is merged; this is the only place that enumerates DICOM series.
+    when the folder holds several series. Series are found by :func:`napari_medseg.dicom.list_series`
+    (headers only, bounded), the one place that enumerates DICOM series.
     """
-    import SimpleITK as sitk
+    from napari_medseg.dicom import list_series
 
-    uids = sorted(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ())
+    uids = sorted(s.uid for s in list_series(folder))
     if len(uids) == 1:
         return [(folder.name, folder, uids[0])]
     return [(f"{folder.name}_{i}", folder, uid) for i, uid in enumerate(uids, start=1)]
@@ -483,7 +481,6 @@ def predict_to_files(
     (dict, list of str)
         The files by role (absolute paths), and the warnings the prediction gave.
     """
-    from napari_medseg._atomic import write_text_atomic
     from napari_medseg.compact import compact_map
     from napari_medseg.guards import InputMismatchError, input_fit_messages
     from napari_medseg.inference import CardMismatchWarning, predict, provenance_metadata
@@ -539,13 +536,16 @@ def predict_to_files(
     text = json.dumps(provenance, indent=2, sort_keys=True) + "\n"
 
     def write() -> None:
-        from napari_medseg.volume import write_volume
+        from napari_medseg.outputs import write_outputs
 
+        items = []
         for volume, path, kwargs in to_write:
             meta = {**volume.metadata, **header}
             extra = kwargs if str(path).lower().endswith(".seg.nrrd") else {}
-            write_volume(volume.derive(volume.array, metadata=meta), path, **extra)
-        write_text_atomic(sidecar, text)  # last: its presence marks the case complete
+            items.append((volume.derive(volume.array, metadata=meta), path, extra))
+        # the case's files change together; the sidecar is renamed last, so its presence marks the
+        # case complete (the same journaled group write as single-case predict)
+        write_outputs(items, [(sidecar, text)])
 
     if writer is None:
         write()
