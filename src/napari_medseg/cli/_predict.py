@@ -125,7 +125,7 @@ def _predict(args: argparse.Namespace, *, cancel, progress, show_progress: bool)
     # the outputs first (names, folders, no output on an input or on another output), before torch
     # is imported or anything is read: a typo fails at once and nothing the user has is touched
     output, sidecar = _check_predict_outputs(args)
-    from napari_medseg.cli._dicom_seg import check_predict_seg, predict_seg_reference, write_predicted_seg
+    from napari_medseg.cli._dicom_seg import check_predict_seg, predict_seg_reference, predicted_seg_file
 
     seg_reference = predict_seg_reference(args.input, output)  # OUT.dcm from a DICOM folder: a DICOM SEG
     chain = None
@@ -168,7 +168,9 @@ def _predict(args: argparse.Namespace, *, cancel, progress, show_progress: bool)
 
     volumes = [read_input(args, path) for path in args.input]
     _check_output_shape(output, volumes[0])
-    seg_source = check_predict_seg(seg_reference, volumes[0])
+    seg_source = check_predict_seg(
+        seg_reference, volumes[0], series_uid=getattr(args, "series_uid", None), series_number=getattr(args, "series_number", None)
+    )
     card = models[0].card
     label_values = card.label_values
     label_names = [card.labels[v].name for v in label_values]
@@ -223,16 +225,16 @@ def _predict(args: argparse.Namespace, *, cancel, progress, show_progress: bool)
         from napari_medseg.errors import CancelledError
 
         raise CancelledError("prediction was cancelled before its outputs were written")
-    items = []
+    items, files = [], []
     for volume, path, kwargs in to_write:
         meta = {**volume.metadata, **header}
         if seg_source is not None and path == output:
-            write_predicted_seg(volume, seg_source, output, card, provenance)
+            files.append(predicted_seg_file(volume, seg_source, output, card, provenance))
             continue
         extra = {} if not str(path).lower().endswith(".seg.nrrd") else kwargs
         items.append((volume.derive(volume.array, metadata=meta), path, extra))
     # labels, probabilities, uncertainty and the sidecar change together or not at all
-    write_outputs(items, [(sidecar, json.dumps(provenance, indent=2, sort_keys=True) + "\n")])
+    write_outputs(items, [(sidecar, json.dumps(provenance, indent=2, sort_keys=True) + "\n")], files=files)
     counts = _label_counts(labels.array, label_values, names)
     print(f"wrote {output} ({' x '.join(map(str, labels.shape))}, {labels.array.dtype}; {counts})")
     written = {"labels": output, "sidecar": sidecar}
