@@ -139,8 +139,8 @@ def recover(folder: str | os.PathLike) -> None:
     """Finish or clean up what killed writers left in ``folder``.
 
     A commit journal of a dead process is rolled forward (its files were all complete and verified
-    before the journal was written); then the temporary files and folders of dead processes are
-    removed. Entries of running processes are left alone. Errors (a read-only folder) are ignored:
+    before the journal was written); a folder it set aside (``.old``) whose target is missing is put
+    back; then the temporary files and folders of dead processes are removed. Entries of running processes are left alone. Errors (a read-only folder) are ignored:
     the write that follows reports them.
     """
     folder = Path(folder)
@@ -159,6 +159,14 @@ def recover(folder: str | os.PathLike) -> None:
                 _apply_journal(json.loads(path.read_text(encoding="utf-8")), written_at=path.stat().st_mtime)
                 path.unlink()
     for kind, path in stale:
+        if kind == "old":
+            # a folder set aside by a replace that was killed before the new one went in: the
+            # target is missing, so the old folder is put back rather than deleted
+            target = path.with_name(path.name[1 : path.name.rfind(TEMP_MARK)])
+            if not (target.exists() or target.is_symlink()):
+                with contextlib.suppress(OSError):
+                    os.replace(path, target)
+                continue  # never deleted while its target is missing
         if kind != "journal":
             with contextlib.suppress(OSError):
                 _remove(path)
