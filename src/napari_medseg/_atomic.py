@@ -36,6 +36,7 @@ __all__ = [
     "atomic_directory",
     "write_text_atomic",
     "write_bytes_atomic",
+    "copy_file_atomic",
     "stage_dir",
     "commit",
     "recover",
@@ -364,3 +365,25 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically and return the path."""
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def copy_file_atomic(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Copy ``source`` to ``path`` atomically: flushed, its size checked, then renamed into place.
+
+    Raises
+    ------
+    FileAccessError
+        If it cannot be copied completely (no space, permission, ...); ``path`` is unchanged.
+    """
+    try:
+        size = os.stat(source).st_size
+    except OSError as exc:
+        raise access_error(exc, source, "read") from None
+
+    def complete(tmp: Path) -> None:
+        if tmp.stat().st_size != size:
+            raise FileAccessError(f"{path}: cannot write: only {tmp.stat().st_size} of {size} bytes reached the device; nothing was changed")
+
+    with atomic_path(path, verify=complete) as tmp:
+        shutil.copyfile(source, tmp)
+    return Path(path)
