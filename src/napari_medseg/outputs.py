@@ -146,6 +146,32 @@ def _same(a: Path, b: Path) -> bool:
     return ra == rb or (ia is not None and ia == ib)
 
 
+def _hard_link_into(path: Path, folder: Path) -> bool:
+    """True if ``path`` is a hard link to a file under the input folder ``folder`` (a DICOM series).
+
+    Only an existing file with more than one link can be one, so the folder is walked (as deep as
+    the DICOM reader looks) only then.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if st.st_nlink < 2 or not os.path.isdir(folder):
+        return False
+    from napari_medseg.dicom import MAX_DEPTH
+
+    root_depth = os.path.realpath(folder).count(os.sep)
+    for root, dirs, names in os.walk(os.path.realpath(folder)):
+        if root.count(os.sep) - root_depth >= MAX_DEPTH:
+            dirs.clear()
+        for name in names:
+            with contextlib.suppress(OSError):
+                other = os.stat(os.path.join(root, name), follow_symlinks=False)
+                if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                    return True
+    return False
+
+
 def _inside(child: Path, folder: Path) -> bool:
     return Path(os.path.realpath(child)).is_relative_to(os.path.realpath(folder))
 
@@ -221,7 +247,7 @@ def check_outputs(
                     f"{option}={path}: would overwrite {what} ({other}); give each output its own file"
                 )
         for input_option, source in _flatten(inputs):
-            if _same(path, source) or (is_folder and _inside(source, path)):
+            if _same(path, source) or (is_folder and _inside(source, path)) or _hard_link_into(path, source):
                 raise InvalidInputError(
                     f"{option}={path}: would overwrite the input {input_option}={source}; "
                     "choose an output that is not an input"
