@@ -126,8 +126,8 @@ def _predict_seg_killed(where: str, folder: Path, out: Path, model, seed: int) -
     return subprocess.run([sys.executable, "-c", _KILLER, where, out.name, *args], capture_output=True, text=True, env=_env())
 
 
-def test_killed_predict_to_seg_never_leaves_a_stale_sidecar(capsys, tmp_path, ct, tiny_model):
-    folder, _, _ = ct
+def test_killed_predict_to_seg_never_leaves_a_stale_sidecar(capsys, tmp_path, tiny_model):
+    folder = write_series(tmp_path / "ct", phantom((6, 12, 16))[0])
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "pred.dcm"
@@ -142,7 +142,7 @@ def test_killed_predict_to_seg_never_leaves_a_stale_sidecar(capsys, tmp_path, ct
     assert pydicom.dcmread(out, stop_before_pixels=True).SOPInstanceUID != old_uid
     assert not (out_dir / "pred.dcm.json").exists()
     # the next write into the folder completes the run: the sidecar of seed 2, no temporaries
-    assert _cli("convert", folder, out_dir / "other.nrrd").returncode == 0
+    assert _main(capsys, "convert", folder, out_dir / "other.nrrd").returncode == 0
     assert json.loads((out_dir / "pred.dcm.json").read_text())["parameters"]["seed"] == 2
     assert _temporaries(out_dir) == []
 
