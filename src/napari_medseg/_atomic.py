@@ -36,6 +36,7 @@ __all__ = [
     "atomic_directory",
     "write_text_atomic",
     "write_bytes_atomic",
+    "copy_file_atomic",
     "stage_dir",
     "commit",
     "recover",
@@ -139,8 +140,8 @@ def recover(folder: str | os.PathLike) -> None:
     """Finish or clean up what killed writers left in ``folder``.
 
     A commit journal of a dead process is rolled forward (its files were all complete and verified
-    before the journal was written); then the temporary files and folders of dead processes are
-    removed. Entries of running processes are left alone. Errors (a read-only folder) are ignored:
+    before the journal was written); a folder it set aside (``.old``) whose target is missing is put
+    back; then the temporary files and folders of dead processes are removed. Entries of running processes are left alone. Errors (a read-only folder) are ignored:
     the write that follows reports them.
     """
     folder = Path(folder)
@@ -159,6 +160,14 @@ def recover(folder: str | os.PathLike) -> None:
                 _apply_journal(json.loads(path.read_text(encoding="utf-8")), written_at=path.stat().st_mtime)
                 path.unlink()
     for kind, path in stale:
+        if kind == "old":
+            # a folder set aside by a replace that was killed before the new one went in: the
+            # target is missing, so the old folder is put back rather than deleted
+            target = path.with_name(path.name[1 : path.name.rfind(TEMP_MARK)])
+            if not (target.exists() or target.is_symlink()):
+                with contextlib.suppress(OSError):
+                    os.replace(path, target)
+                continue  # never deleted while its target is missing
         if kind != "journal":
             with contextlib.suppress(OSError):
                 _remove(path)
@@ -356,3 +365,25 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically and return the path."""
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def copy_file_atomic(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Copy ``source`` to ``path`` atomically: flushed, its size checked, then renamed into place.
+
+    Raises
+    ------
+    FileAccessError
+        If it cannot be copied completely (no space, permission, ...); ``path`` is unchanged.
+    """
+    try:
+        size = os.stat(source).st_size
+    except OSError as exc:
+        raise access_error(exc, source, "read") from None
+
+    def complete(tmp: Path) -> None:
+        if tmp.stat().st_size != size:
+            raise FileAccessError(f"{path}: cannot write: only {tmp.stat().st_size} of {size} bytes reached the device; nothing was changed")
+
+    with atomic_path(path, verify=complete) as tmp:
+        shutil.copyfile(source, tmp)
+    return Path(path)

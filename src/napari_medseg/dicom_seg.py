@@ -46,6 +46,8 @@ __all__ = [
     "segments_for_labels",
     "algorithm_from_provenance",
     "write_dicom_seg",
+    "build_dicom_seg",
+    "dicom_seg_file",
     "read_dicom_seg",
 ]
 
@@ -367,6 +369,66 @@ def write_dicom_seg(
 ) -> Path:
     """Write ``labels`` as a DICOM Segmentation (BINARY) of the source series, atomically.
 
+    The file is built with :func:`build_dicom_seg`, written under a temporary name beside
+    ``output``, flushed, read back and checked complete (:func:`dicom_seg_file`), and only then
+    renamed onto ``output``: a failure (no space, permission...) raises
+    :class:`~napari_medseg.errors.FileAccessError` and leaves an existing ``output``
+    byte-identical. Parameters as :func:`build_dicom_seg`.
+
+    Returns
+    -------
+    pathlib.Path
+        ``output``.
+    """
+    from napari_medseg.outputs import write_file
+
+    seg = build_dicom_seg(
+        labels, source, output, segments=segments, algorithm=algorithm,
+        series_uid=series_uid, series_description=series_description,
+    )
+    writer, verify = dicom_seg_file(seg, output)
+    return write_file(output, writer, verify)
+
+
+def dicom_seg_file(seg, output: str | os.PathLike):
+    """``(writer, verify)`` callbacks that save ``seg`` to a staged path and check it complete.
+
+    For :func:`napari_medseg.outputs.write_file` and :func:`~napari_medseg.outputs.write_outputs`
+    (``files=``), so a SEG changes together with the files written beside it (a sidecar).
+    """
+    from napari_medseg.errors import FileAccessError
+
+    expected = len(seg.PixelData)
+
+    def writer(staged: Path) -> None:
+        seg.save_as(staged, enforce_file_format=True)
+
+    def verify(staged: Path) -> None:
+        import pydicom
+
+        try:
+            back = pydicom.dcmread(staged)
+            complete = back.SOPInstanceUID == seg.SOPInstanceUID and len(back.PixelData) == expected
+        except Exception:  # noqa: BLE001 - any failure to read back is an incomplete file
+            complete = False
+        if not complete:
+            raise FileAccessError(f"{output}: cannot write: the DICOM SEG does not read back complete; nothing was changed")
+
+    return writer, verify
+
+
+def build_dicom_seg(
+    labels: Volume,
+    source: str | os.PathLike | SourceSeries,
+    output: str | os.PathLike,
+    *,
+    segments: Sequence[Segment] | None = None,
+    algorithm: Algorithm | None = None,
+    series_uid: str | None = None,
+    series_description: str | None = None,
+):
+    """``labels`` as a DICOM Segmentation (BINARY) dataset of the source series (nothing written).
+
     Parameters
     ----------
     labels : Volume
@@ -374,7 +436,7 @@ def write_dicom_seg(
     source : path-like or SourceSeries
         The folder holding the source series, or a series from :func:`find_source_series`.
     output : path-like
-        The ``.dcm`` file to write (replaced atomically; never one of the source files).
+        The ``.dcm`` file it is meant for (never one of the source files).
     segments : sequence of Segment, optional
         Name, colour and codes per label value; default :func:`segments_for_labels`.
     algorithm : Algorithm, optional
@@ -386,8 +448,7 @@ def write_dicom_seg(
 
     Returns
     -------
-    pathlib.Path
-        ``output``.
+    highdicom.seg.Segmentation
 
     Raises
     ------
@@ -399,7 +460,6 @@ def write_dicom_seg(
     import highdicom as hd
 
     from napari_medseg import __version__
-    from napari_medseg._atomic import atomic_path
 
     target = Path(output)
     array = as_label_array(labels.array, name="labels")
@@ -445,9 +505,7 @@ def write_dicom_seg(
         omit_empty_frames=False,
         series_description=(series_description or (f"medseg {algorithm.name}" if algorithm else "medseg segmentation"))[:64],
     )
-    with atomic_path(target) as tmp:
-        seg.save_as(tmp, enforce_file_format=True)
-    return target
+    return seg
 
 
 # ------------------------------------------------------------------------------------------ read

@@ -48,10 +48,13 @@ from torch import nn
 
 from napari_medseg import __version__
 from napari_medseg._options import look_up_option
+from napari_medseg._validate import MAX_BATCH_SIZE  # noqa: F401 - re-exported (old name)
+from napari_medseg._validate import check_overlap as _check_overlap
+from napari_medseg._validate import check_positive_int as _check_positive_int
 from napari_medseg.errors import InvalidInputError
 from napari_medseg.networks import StagedNetwork, optimize_for_inference, split_network
 from napari_medseg.networks._fast import channels_last_format, dropout_head_moments
-from napari_medseg.networks.unet import check_dropout_rate
+from napari_medseg._validate import check_dropout_rate
 from napari_medseg.progress import (
     CancelEvent,
     ProgressCallback,
@@ -59,7 +62,8 @@ from napari_medseg.progress import (
     report,
 )
 from napari_medseg.registry import card_warnings
-from napari_medseg.uncertainty import check_mc_samples, mc_dropout, summarize_moments
+from napari_medseg._validate import check_mc_samples
+from napari_medseg.uncertainty import mc_dropout, summarize_moments
 from napari_medseg.volume import Geometry, Volume, check_same_grid, reorient, resample
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -207,27 +211,6 @@ class WindowMoments:
 
 
 #: Most patches one network call takes (a larger batch only holds more patches in memory at once).
-MAX_BATCH_SIZE = 4096
-
-
-def _check_positive_int(value: Any, name: str, maximum: int = MAX_BATCH_SIZE) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidInputError(f"{name}={value!r}: expected an integer >= 1")
-    if value > maximum:
-        raise InvalidInputError(f"{name}={value!r}: expected an integer from 1 to {maximum}")
-    return int(value)
-
-
-def _check_overlap(overlap: Any) -> float:
-    try:
-        value = float(overlap)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"overlap={overlap!r}: expected a number in [0, 1)") from None
-    if not 0.0 <= value < 1.0:
-        raise InvalidInputError(f"overlap={overlap!r}: expected a number in [0, 1) (fraction of a patch shared)")
-    return value
-
-
 def sliding_window_moments(
     image: np.ndarray,
     networks: nn.Module | Sequence[nn.Module],

@@ -7,8 +7,6 @@ NRRD, MetaImage) and the napari reader (a 4D layer) take the whole series.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +83,7 @@ class MultiVolume:
 
 
 def write_multivolume(series: MultiVolume, path: str | os.PathLike, *, compress: bool = True) -> Path:
-    """Write a 4D series as one 4D NIfTI, NRRD or MetaImage file, atomically.
+    """Write a 4D series as one 4D NIfTI, NRRD or MetaImage file, exactly at ``path``, verified and atomically.
 
     The spatial axes keep the geometry exactly (NIfTI ``dim[4]`` is the number of volumes; the
     4th spacing is 1).
@@ -94,9 +92,15 @@ def write_multivolume(series: MultiVolume, path: str | os.PathLike, *, compress:
     ------
     InvalidInputError
         If the extension is not one of :data:`MULTIVOLUME_SUFFIXES` (DICOM and 2D formats hold
-        one volume: choose it with ``--volume``).
+        one volume: choose it with ``--volume``), or the name would not be written as given.
+    FileAccessError
+        If the system refuses or cuts the write (no space, quota, file size limit, read-only,
+        permission); an existing file at ``path`` is then byte-identical and no temporary is left.
     """
     import SimpleITK as sitk
+
+    from napari_medseg.outputs import check_output_name, write_file
+    from napari_medseg.volume import _quiet_c_stderr, _verify_staged, _write_failure, volume_format
 
     target = Path(path)
     name = target.name.lower()
@@ -105,6 +109,7 @@ def write_multivolume(series: MultiVolume, path: str | os.PathLike, *, compress:
             f"{target}: a {series.n_volumes}-volume series can be written as {', '.join(MULTIVOLUME_SUFFIXES)}; "
             "for other formats choose one volume with --volume K"
         )
+    check_output_name(target, option="path")  # lower-case extension, not an existing folder
     array = series.array
     if array.dtype == bool:
         array = array.astype(np.uint8)
@@ -118,18 +123,30 @@ def write_multivolume(series: MultiVolume, path: str | os.PathLike, *, compress:
     for key, value in series.metadata.items():
         if not name.endswith((".nii", ".nii.gz")):
             image.SetMetaData(str(key), str(value))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        tmp_file = tmp_dir / target.name
+    use_compression = compress and not name.endswith(".nii")
+    fmt = volume_format(target)
+    suffix = next(s for s in MULTIVOLUME_SUFFIXES if name.endswith(s))
+
+    def write(staged: Path) -> None:
         try:
-            sitk.WriteImage(image, str(tmp_file), compress and not name.endswith(".nii"))
+            with _quiet_c_stderr():
+                sitk.WriteImage(image, str(staged), use_compression)
         except RuntimeError as exc:
-            raise InvalidInputError(f"{target}: cannot write this series ({str(exc).strip().splitlines()[-1]})") from None
-        check = sitk.ReadImage(str(tmp_file))
-        if check.GetSize() != image.GetSize():
-            raise InvalidInputError(f"{target}: the written file does not read back complete")
-        os.replace(tmp_file, target)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    return target
+            detail = str(exc).strip().splitlines()[-1]
+            failure = _write_failure(target, staged.parent, detail, array.nbytes, known_only=True)
+            raise (failure or InvalidInputError(f"{target}: cannot write this series ({detail})")) from None
+
+    def verify(staged: Path) -> None:
+        # SimpleITK does not report a short NIfTI write: the data is checked against the header
+        problem = _verify_staged(fmt, [staged], Volume(array.reshape(-1, *array.shape[2:])), use_compression)
+        if problem is None:  # the header read back names every volume
+            size = sitk.ImageFileReader()
+            size.SetFileName(str(staged))
+            size.ReadImageInformation()
+            if tuple(size.GetSize()) != tuple(image.GetSize()):
+                problem = f"the written header holds {size.GetSize()} voxels, not {image.GetSize()}"
+        if problem:
+            raise _write_failure(target, staged.parent, problem, array.nbytes)
+
+    # a plain staged name: SimpleITK rewrites names such as x.nii.gz.nii.gz
+    return write_file(target, write, verify, staged_name="image" + suffix)

@@ -23,7 +23,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from napari_medseg._atomic import TEMP_MARK, access_error, commit, fsync_path, stage_dir
@@ -36,6 +36,8 @@ __all__ = [
     "check_prediction_outputs",
     "sidecar_path",
     "write_outputs",
+    "stage_file",
+    "write_file",
     "is_project_dicom_folder",
 ]
 
@@ -144,6 +146,32 @@ def _same(a: Path, b: Path) -> bool:
     return ra == rb or (ia is not None and ia == ib)
 
 
+def _hard_link_into(path: Path, folder: Path) -> bool:
+    """True if ``path`` is a hard link to a file under the input folder ``folder`` (a DICOM series).
+
+    Only an existing file with more than one link can be one, so the folder is walked (as deep as
+    the DICOM reader looks) only then.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if st.st_nlink < 2 or not os.path.isdir(folder):
+        return False
+    from napari_medseg.dicom import MAX_DEPTH
+
+    root_depth = os.path.realpath(folder).count(os.sep)
+    for root, dirs, names in os.walk(os.path.realpath(folder)):
+        if root.count(os.sep) - root_depth >= MAX_DEPTH:
+            dirs.clear()
+        for name in names:
+            with contextlib.suppress(OSError):
+                other = os.stat(os.path.join(root, name), follow_symlinks=False)
+                if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                    return True
+    return False
+
+
 def _inside(child: Path, folder: Path) -> bool:
     return Path(os.path.realpath(child)).is_relative_to(os.path.realpath(folder))
 
@@ -219,7 +247,7 @@ def check_outputs(
                     f"{option}={path}: would overwrite {what} ({other}); give each output its own file"
                 )
         for input_option, source in _flatten(inputs):
-            if _same(path, source) or (is_folder and _inside(source, path)):
+            if _same(path, source) or (is_folder and _inside(source, path)) or _hard_link_into(path, source):
                 raise InvalidInputError(
                     f"{option}={path}: would overwrite the input {input_option}={source}; "
                     "choose an output that is not an input"
@@ -280,9 +308,77 @@ def _stage_text(path: Path, text: str) -> tuple[Path, list[tuple[Path, Path]]]:
     return folder, [(staged, path)]
 
 
+def stage_file(
+    path: str | os.PathLike,
+    writer: Callable[[Path], None],
+    verify: Callable[[Path], None] | None = None,
+    *,
+    staged_name: str | None = None,
+) -> tuple[Path, list[tuple[Path, Path]]]:
+    """Let ``writer`` write ``path``'s content into a new staging folder beside it, and verify it.
+
+    ``writer(staged)`` is given a path in the staging folder named like ``path`` (or
+    ``staged_name``: a plain name for writers that rewrite names such as ``x.nii.gz.nii.gz``) and
+    must write only that file; the file is
+    then flushed, must be non-empty, and ``verify(staged)`` (when given) must pass. Returns the
+    staging folder and the ``(staged, target)`` rename for :func:`~napari_medseg._atomic.commit`.
+    Nothing at ``path`` is touched; on failure the staging folder is removed.
+
+    Raises
+    ------
+    FileAccessError
+        If the system refuses or cuts the write (the message names ``path`` and the reason).
+    """
+    target = Path(path)
+    folder = stage_dir(target)
+    staged = folder / (staged_name or target.name)
+    try:
+        writer(staged)
+        produced = sorted(p.name for p in folder.iterdir())
+        if produced != [staged.name]:
+            raise InvalidInputError(f"{target}: the writer produced {', '.join(produced) or 'nothing'}; nothing was changed")
+        fsync_path(staged)
+        if staged.stat().st_size == 0:
+            raise FileAccessError(f"{target}: cannot write: the file is empty on the device; nothing was changed")
+        if verify is not None:
+            verify(staged)
+        from napari_medseg._atomic import _give_default_mode
+
+        _give_default_mode(staged, target, directory=False)
+    except OSError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise access_error(exc, target) from None
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder, [(staged, target)]
+
+
+def write_file(
+    path: str | os.PathLike,
+    writer: Callable[[Path], None],
+    verify: Callable[[Path], None] | None = None,
+    *,
+    staged_name: str | None = None,
+) -> Path:
+    """Write one file through ``writer`` exactly at ``path``, verified, then renamed into place.
+
+    See :func:`stage_file`; a failure leaves an existing ``path`` byte-identical and no temporary
+    entry behind.
+    """
+    folder, moves = stage_file(path, writer, verify, staged_name=staged_name)
+    try:
+        commit(moves, cleanup=[folder])
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return Path(path)
+
+
 def write_outputs(
     volumes: Iterable[tuple[object, str | os.PathLike, Mapping]] = (),
     texts: Iterable[tuple[str | os.PathLike, str]] = (),
+    files: Iterable[tuple[str | os.PathLike, Callable[[Path], None], Callable[[Path], None] | None]] = (),
 ) -> list[Path]:
     """Write several volumes and text files so that they change together or not at all.
 
@@ -297,11 +393,14 @@ def write_outputs(
     ----------
     volumes : iterable of (Volume, path, keyword arguments of ``write_volume``)
     texts : iterable of (path, text)
+    files : iterable of (path, writer, verify)
+        Files written by a callback (a DICOM SEG), staged with :func:`stage_file`; ``verify`` may
+        be None.
 
     Returns
     -------
     list of Path
-        The targets, volumes first.
+        The targets: volumes, then ``files``, then texts.
 
     Raises
     ------
@@ -321,6 +420,11 @@ def write_outputs(
             folder, volume_moves = _stage_volume(volume, path, **dict(kwargs))
             staged_folders.append(folder)
             moves.extend(volume_moves)
+            targets.append(Path(path))
+        for path, writer, verify in files:
+            folder, file_moves = stage_file(path, writer, verify)
+            staged_folders.append(folder)
+            moves.extend(file_moves)
             targets.append(Path(path))
         for path, text in texts:
             folder, text_moves = _stage_text(Path(path), text)

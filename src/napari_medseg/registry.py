@@ -1325,6 +1325,7 @@ class Registry:
                 )
             if target.exists():
                 raise InvalidInputError(f"{target} already exists; use force=True (--force) to replace it")
+        _refuse_foreign_folder(target)
         contents = {model.card_path.name: model.card_path.read_bytes()}
         for spec in model.card.file_specs():
             contents[spec.file] = _read_checked(model.file_paths()[spec.file], spec.sha256, card_path=model.card_path)
@@ -1400,6 +1401,7 @@ def _write_model(
     clash = [k for k in extra if k.lower() in CARD_FILENAMES or k == card.weights.file]
     if clash:
         raise InvalidInputError(f"extra file names {clash} clash with the card or the weights file")
+    _refuse_foreign_folder(folder)
     with atomic_directory(folder) as tmp:
         for relative, data in {card.weights.file: weights, **extra}.items():
             _inside(tmp.resolve(), relative, what="file", card_path=folder / card_name)
@@ -1407,7 +1409,21 @@ def _write_model(
             destination.parent.mkdir(parents=True, exist_ok=True)
             destination.write_bytes(data)
         write_card(card, tmp / card_name)
+        # the new folder is verified (card re-read, every sha256) before it replaces an old one
+        load_model_folder(tmp).verify()
     return load_model_folder(folder)
+
+
+def _refuse_foreign_folder(folder: Path) -> None:
+    """Refuse to replace an existing folder that is not a model folder (no card in it), even when
+    asked to overwrite: only a model this program wrote is ever replaced (issue 11, class 3)."""
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise InvalidInputError(f"{folder}: exists and is not a folder; a model is written only into a new folder or over a model folder")
+    if folder.is_dir() and any(folder.iterdir()) and find_card_file(folder) is None:
+        raise InvalidInputError(
+            f"{folder}: is a folder with other files and no model card; a model replaces only a model folder, "
+            "so nothing in it is deleted (choose another folder)"
+        )
 
 
 def save_model_folder(

@@ -32,7 +32,7 @@ from torch import nn
 
 from napari_medseg.errors import InvalidInputError
 from napari_medseg.networks import dropout_layers
-from napari_medseg.networks.unet import check_dropout_rate
+from napari_medseg._validate import MAX_MC_SAMPLES, check_dropout_rate, check_mc_samples  # torch-free; old names kept
 
 __all__ = [
     "UncertaintyKind",
@@ -57,23 +57,6 @@ class UncertaintyKind(StrEnum):
     ENTROPY = "entropy"
     MUTUAL_INFORMATION = "mutual_information"
     VARIANCE = "variance"
-
-
-#: Most Monte-Carlo dropout samples a prediction takes (the uncertainty estimates settle long before).
-MAX_MC_SAMPLES = 1000
-
-
-def check_mc_samples(mc_samples: int) -> int:
-    """Return ``mc_samples`` as an int, or raise :class:`InvalidInputError` unless it is in
-    ``[0, MAX_MC_SAMPLES]`` (a count beyond it would run for days and, in the fused head path, hold
-    every sample of a patch in memory)."""
-    if isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer)):
-        raise InvalidInputError(f"mc_samples={mc_samples!r}: expected an integer >= 0 (0 = deterministic)")
-    if mc_samples < 0 or mc_samples > MAX_MC_SAMPLES:
-        raise InvalidInputError(
-            f"mc_samples={mc_samples!r}: expected an integer from 0 (deterministic) to {MAX_MC_SAMPLES}"
-        )
-    return int(mc_samples)
 
 
 @contextlib.contextmanager

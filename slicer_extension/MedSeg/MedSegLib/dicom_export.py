@@ -22,6 +22,7 @@ from napari_medseg.dicom_seg import (
     write_dicom_seg,
 )
 from napari_medseg.errors import InvalidInputError
+from napari_medseg.outputs import check_outputs
 from napari_medseg.volume import Volume, segments_from_metadata
 
 from . import nodes
@@ -77,7 +78,8 @@ def export_dicom_seg(
     dicom_folder : path-like
         The folder of the reference volume's DICOM series (see :func:`dicom_source_of_node`).
     output : path-like
-        The ``.dcm`` file to write (atomically).
+        The ``.dcm`` file to write (verified, then renamed into place: a failed write leaves an
+        existing file byte-identical).
     series_uid : str or None, keyword-only
         The reference series, when the folder holds several (default: the largest).
     provenance : mapping or None, keyword-only
@@ -93,6 +95,8 @@ def export_dicom_seg(
     """
     if not str(output).lower().endswith(".dcm"):
         raise InvalidInputError(f"output={str(output)!r}: a DICOM SEG file name must end in .dcm")
+    # the name, its folder's writability and no source file overwritten, before any work
+    check_outputs({"output": output}, {"dicom_folder": dicom_folder})
     series = find_source_series(dicom_folder, series_uid=series_uid)
     grid = Volume(np.zeros(series.shape, np.uint8), series.geometry)
     labels = nodes.segmentation_to_labels(segmentation_node, grid, label_values=label_values)

@@ -284,11 +284,13 @@ class MedSegLogic:
         from napari_medseg._options import close_matches_message
 
         out = Path(output_dir)
-        mc_samples = _check_number("mc_samples", mc_samples, low=0, integer=True)
+        from napari_medseg._validate import check_dropout_rate, check_mc_samples  # the CLI's own checks, torch-free
+
+        mc_samples = check_mc_samples(_check_number("mc_samples", mc_samples, low=0, integer=True))
         argv = ["predict", *map(str, input_paths), str(out / "labels.nrrd"), "--model", str(model)]
         argv += ["--device", str(device), "--mc-samples", str(mc_samples), "--seed", str(int(seed)), "--no-progress"]
         if dropout_rate is not None:
-            argv += ["--dropout", repr(_check_number("dropout_rate", dropout_rate, low=0.0, high=1.0))]
+            argv += ["--dropout", repr(check_dropout_rate(_check_number("dropout_rate", dropout_rate, low=0.0, high=1.0)))]
         if tta:
             argv.append("--tta")
         if probabilities:

@@ -77,6 +77,10 @@ def provenance_of(path) -> dict | None:
 
 def convert_to_dicom_seg(args: argparse.Namespace) -> None:
     """``medseg convert LABELS OUT.dcm --reference DICOM_FOLDER``."""
+    from napari_medseg.outputs import check_outputs
+
+    # OUT's name and folder, and OUT against LABELS and the reference, before anything is read
+    check_outputs({"OUT": args.output}, {"IN": args.input, "--reference": args.reference})
     from napari_medseg.dicom_seg import algorithm_from_provenance, segments_for_labels, write_dicom_seg
     from napari_medseg.volume import read_labels, segments_from_metadata
 
@@ -93,17 +97,36 @@ def convert_to_dicom_seg(args: argparse.Namespace) -> None:
     print(f"wrote {out} (DICOM SEG, {len(segments)} segments, on the grid of the series in {args.reference})")
 
 
-def check_predict_seg(reference: Path | None, volume):
-    """The source series of a ``predict`` SEG output, checked against the input grid before inference."""
+def check_predict_seg(reference: Path | None, volume, *, series_uid: str | None = None, series_number: int | None = None):
+    """The source series of a ``predict`` SEG output, checked against the input grid before inference.
+
+    ``series_uid``/``series_number`` (predict's ``--series-uid``/``--series-number``) choose the
+    series the input was read from, so a study folder with several series on one grid works.
+    """
     if reference is None:
         return None
     from napari_medseg.dicom_seg import find_source_series
 
+    if series_uid is not None or series_number is not None:
+        from napari_medseg.dicom import find_series
+
+        chosen = find_series(reference, series_uid=series_uid, series_number=series_number)
+        # the chosen series may sit in a subfolder: its own folder is the reference
+        return find_source_series(Path(chosen.files[0]).parent, geometry=volume.geometry, shape=volume.shape, series_uid=chosen.uid)
     return find_source_series(reference, geometry=volume.geometry, shape=volume.shape)
 
 
-def write_predicted_seg(labels, source, output, card, provenance) -> None:
-    """Write a prediction as a DICOM SEG: the card's segments and codes, the models' identification."""
-    from napari_medseg.dicom_seg import algorithm_from_provenance, segments_from_card, write_dicom_seg
+def predicted_seg_file(labels, source, output, card, provenance) -> tuple:
+    """A prediction as a DICOM SEG, as ``(output, writer, verify)`` for ``write_outputs(files=...)``:
+    the card's segments and codes, the models' identification; it changes with the sidecar."""
+    from napari_medseg.dicom_seg import algorithm_from_provenance, build_dicom_seg, dicom_seg_file, segments_from_card
 
-    write_dicom_seg(labels, source, output, segments=segments_from_card(card), algorithm=algorithm_from_provenance(provenance))
+    seg = build_dicom_seg(labels, source, output, segments=segments_from_card(card), algorithm=algorithm_from_provenance(provenance))
+    return (output, *dicom_seg_file(seg, output))
+
+
+def write_predicted_seg(labels, source, output, card, provenance) -> None:
+    """Write a prediction as a DICOM SEG alone (no sidecar); see :func:`predicted_seg_file`."""
+    from napari_medseg.outputs import write_file
+
+    write_file(*predicted_seg_file(labels, source, output, card, provenance))

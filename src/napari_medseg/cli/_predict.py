@@ -140,7 +140,8 @@ def _predict(args: argparse.Namespace, *, cancel, progress, show_progress: bool)
     # the outputs first (names, folders, no output on an input or on another output), before torch
     # is imported or anything is read: a typo fails at once and nothing the user has is touched
     output, sidecar = _check_predict_outputs(args)
-    from napari_medseg.cli._dicom_seg import check_predict_seg, predict_seg_reference, write_predicted_seg
+    _check_numbers(args)  # --overlap, --dropout, --batch-size, --mc-samples: torch-free checks
+    from napari_medseg.cli._dicom_seg import check_predict_seg, predict_seg_reference, predicted_seg_file
 
     seg_reference = predict_seg_reference(args.input, output)  # OUT.dcm from a DICOM folder: a DICOM SEG
     chain = None
@@ -162,28 +163,17 @@ def _predict(args: argparse.Namespace, *, cancel, progress, show_progress: bool)
     models = [load_model(name) for name in args.model]
     _check_channel_count(models[0], args.input)
 
-    # check the numbers before loading anything, so a typo fails at once
-    from napari_medseg.inference import _check_overlap, _check_positive_int, resolve_device
-    from napari_medseg.networks.unet import check_dropout_rate
-    from napari_medseg.uncertainty import check_mc_samples
+    from napari_medseg.inference import resolve_device
 
-    try:
-        check_mc_samples(args.mc_samples)
-    except Exception as exc:
-        raise UsageError(f"--mc-samples={args.mc_samples}: {str(exc).split(': ', 1)[-1]}") from exc
-    if args.dropout is not None:
-        check_dropout_rate(args.dropout, name="--dropout")
-    if args.overlap is not None:
-        _check_overlap(args.overlap)
-    if args.batch_size is not None:
-        _check_positive_int(args.batch_size, "--batch-size")
     resolve_device(args.device)
     from napari_medseg.inference import CardMismatchWarning, predict
     from napari_medseg.volume import write_volume
 
     volumes = [read_input(args, path) for path in args.input]
     _check_output_shape(output, volumes[0])
-    seg_source = check_predict_seg(seg_reference, volumes[0])
+    seg_source = check_predict_seg(
+        seg_reference, volumes[0], series_uid=getattr(args, "series_uid", None), series_number=getattr(args, "series_number", None)
+    )
     card = models[0].card
     if getattr(args, "strict", False):
         from napari_medseg.guards import InputMismatchError, input_fit_messages
@@ -251,16 +241,16 @@ def _predict(args: argparse.Namespace, *, cancel, progress, show_progress: bool)
         from napari_medseg.errors import CancelledError
 
         raise CancelledError("prediction was cancelled before its outputs were written")
-    items = []
+    items, files = [], []
     for volume, path, kwargs in to_write:
         meta = {**volume.metadata, **header}
         if seg_source is not None and path == output:
-            write_predicted_seg(volume, seg_source, output, card, provenance)
+            files.append(predicted_seg_file(volume, seg_source, output, card, provenance))
             continue
         extra = {} if not str(path).lower().endswith(".seg.nrrd") else kwargs
         items.append((volume.derive(volume.array, metadata=meta), path, extra))
     # labels, probabilities, uncertainty and the sidecar change together or not at all
-    write_outputs(items, [(sidecar, json.dumps(provenance, indent=2, sort_keys=True) + "\n")])
+    write_outputs(items, [(sidecar, json.dumps(provenance, indent=2, sort_keys=True) + "\n")], files=files)
     counts = _label_counts(labels.array, label_values, names)
     print(f"wrote {output} ({' x '.join(map(str, labels.shape))}, {labels.array.dtype}; {counts})")
     written = {"labels": output, "sidecar": sidecar}
@@ -269,6 +259,20 @@ def _predict(args: argparse.Namespace, *, cancel, progress, show_progress: bool)
     if args.uncertainty:
         written["uncertainty"] = Path(args.uncertainty)
     return {role: str(path.resolve()) for role, path in written.items()}
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """--mc-samples, --dropout, --overlap, --batch-size, with the torch-free checks (a typo fails
+    before torch is imported or a model is read)."""
+    from napari_medseg._validate import check_dropout_rate, check_mc_samples, check_overlap, check_positive_int
+
+    check_mc_samples(args.mc_samples, name="--mc-samples")
+    if args.dropout is not None:
+        check_dropout_rate(args.dropout, name="--dropout")
+    if args.overlap is not None:
+        check_overlap(args.overlap, name="--overlap")
+    if args.batch_size is not None:
+        check_positive_int(args.batch_size, "--batch-size")
 
 
 def _check_predict_outputs(args: argparse.Namespace) -> tuple[Path, Path]:

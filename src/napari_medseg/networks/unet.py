@@ -26,6 +26,7 @@ from monai.networks.blocks import Convolution
 from torch import nn
 
 from napari_medseg._options import look_up_option
+from napari_medseg._validate import check_dropout_rate  # torch-free; importable from here (old name)
 from napari_medseg.errors import InvalidInputError
 from napari_medseg.networks._staged import Apply, PopConcat, PushSkip, Stage, StagedNetwork
 
@@ -92,17 +93,6 @@ def resolve_placement(placement: Sequence[str] | str | None) -> frozenset[Dropou
     if isinstance(placement, str):
         placement = [placement]
     return frozenset(look_up_option(p, DropoutPlacement, name="dropout_placement") for p in placement)
-
-
-def check_dropout_rate(rate: float, *, name: str = "dropout_rate") -> float:
-    """Return ``rate`` as a float, or raise :class:`InvalidInputError` unless ``0 <= rate < 1``."""
-    try:
-        value = float(rate)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"{name}={rate!r}: expected a number in [0, 1)") from None
-    if not 0.0 <= value < 1.0:
-        raise InvalidInputError(f"{name}={rate!r}: expected a number in [0, 1) (a fraction of units dropped)")
-    return value
 
 
 class UNet(StagedNetwork):

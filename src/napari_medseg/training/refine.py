@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from napari_medseg._atomic import write_text_atomic
+from napari_medseg._atomic import copy_file_atomic, write_text_atomic
 from napari_medseg.errors import InvalidInputError
 from napari_medseg.progress import CancelEvent, check_cancelled
 from napari_medseg.training.config import TrainConfig
@@ -113,9 +112,9 @@ def refine_labels(
                     try:  # images never change between rounds: link instead of copying
                         os.symlink(image.resolve(), target)
                     except OSError:
-                        shutil.copy(image, target)
+                        copy_file_atomic(image, target)  # a killed copy never leaves a short image
             label_src = current_dir / "labelsTr" / case.label.name if round_index > 1 else case.label
-            shutil.copy(label_src, data_dir / "labelsTr" / case.label.name)
+            copy_file_atomic(label_src, data_dir / "labelsTr" / case.label.name)
         round_config = config.model_copy(update={"data": str(data_dir), "output": str(round_dir / "run")})
         interrupted = (round_dir / "run" / "checkpoints" / "last.pt").exists()
         result = train(round_config, events=events, cancel=cancel, resume=resume and interrupted)
@@ -137,7 +136,7 @@ def refine_labels(
         # the next round trains on this round's predictions
         (round_dir / "labelsTr").mkdir(exist_ok=True)
         for case in cases:
-            shutil.copy(labels_dir / case.label.name, round_dir / "labelsTr" / case.label.name)
+            copy_file_atomic(labels_dir / case.label.name, round_dir / "labelsTr" / case.label.name)
         current_dir = round_dir
         row: dict[str, Any] = {"round": round_index, "agreement_with_previous": float(np.mean(agreements)), "model": str(result.model_folder)}
         if ref_scores:

@@ -405,10 +405,33 @@ def _checkpoint_state(network, optimizer, epoch, best_metric, best_epoch, patien
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+    """Write a checkpoint beside ``path``, verify it, then rename it over the earlier one.
+
+    A full disk, a kill or a crash leaves the earlier checkpoint byte-identical: torch reports a
+    short write as a RuntimeError (turned into a FileAccessError naming the path and the reason),
+    and every member's CRC is checked before the rename.
+    """
+    import zipfile
+
+    from napari_medseg.errors import FileAccessError
+
+    def complete(tmp: Path) -> None:
+        try:
+            with zipfile.ZipFile(tmp) as archive:
+                bad = archive.testzip()
+        except (OSError, zipfile.BadZipFile) as exc:
+            bad = str(exc)
+        if bad is not None:
+            raise FileAccessError(f"{path}: cannot write: the checkpoint does not read back complete ({bad}); the earlier one is kept")
+
+    with atomic_path(path, verify=complete) as tmp:
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as exc:  # torch's zip writer reports ENOSPC/EFBIG this way
+            from napari_medseg.volume import _write_failure
+
+            failure = _write_failure(path, path.parent, str(exc), 1 << 16)
+            raise failure from None
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
