@@ -60,6 +60,7 @@ __all__ = [
     "case_is_complete",
     "predict_to_files",
     "run_cohort",
+    "uncertainty_volume",
 ]
 
 #: nnU-Net's channel suffix: ``<case>_<4 digits>.<ext>``
@@ -439,7 +440,7 @@ def case_is_complete(outputs: dict[str, Path]) -> bool:
     return True
 
 
-def _uncertainty_volume(prediction, label_names: list[str]) -> tuple[Volume, list[str]]:
+def uncertainty_volume(prediction, label_names: list[str]) -> tuple[Volume, list[str]]:
     """Stack the uncertainty maps into one multi-component Volume and name its components."""
     import numpy as np
 
@@ -525,7 +526,7 @@ def predict_to_files(
             "file": str(outputs["probabilities"]), "components": label_names, "precision": prob.metadata["medseg_precision"],
         }
     if "uncertainty" in outputs:
-        unc, components = _uncertainty_volume(prediction, label_names)
+        unc, components = uncertainty_volume(prediction, label_names)
         unc = compact_map(unc, kind="uncertainty")
         to_write.append((unc, outputs["uncertainty"], {}))
         provenance["outputs"]["uncertainty"] = {

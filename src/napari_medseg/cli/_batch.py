@@ -54,13 +54,11 @@ def run_cohort_command(args: argparse.Namespace, *, cancel=None) -> int:
 
 def _run(args: argparse.Namespace, *, cancel, job) -> int:
     from napari_medseg.batch import PredictOptions, discover_cases, partition, run_cohort
-    from napari_medseg.cli import UsageError, parse_labels
-    from napari_medseg.cli._predict import _postprocess_requested, _progress_bar
+    from napari_medseg.cli import UsageError
+    from napari_medseg.cli._predict import _check_numbers, _chain_from_args, _progress_bar
     from napari_medseg.errors import InvalidInputError
-    from napari_medseg.inference import _check_overlap, _check_positive_int, resolve_device
-    from napari_medseg.networks.unet import check_dropout_rate
+    from napari_medseg.inference import resolve_device
     from napari_medseg.registry import load_model
-    from napari_medseg.uncertainty import check_mc_samples
 
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
@@ -70,16 +68,7 @@ def _run(args: argparse.Namespace, *, cancel, job) -> int:
             raise UsageError(f"{option}={value}: expected an integer >= 1")
     if not 0 <= args.part_id < args.num_parts:
         raise UsageError(f"--part-id={args.part_id}: expected 0 .. {args.num_parts - 1} (--num-parts={args.num_parts})")
-    try:
-        check_mc_samples(args.mc_samples)
-    except Exception as exc:
-        raise UsageError(f"--mc-samples={args.mc_samples}: expected an integer >= 0 (0 = deterministic)") from exc
-    if args.dropout is not None:
-        check_dropout_rate(args.dropout, name="--dropout")
-    if args.overlap is not None:
-        _check_overlap(args.overlap)
-    if args.batch_size is not None:
-        _check_positive_int(args.batch_size, "--batch-size")
+    _check_numbers(args)  # the same torch-free checks as single-case predict
     folders = {"OUT": out_dir.resolve()}
     for option, value in (("--probabilities", args.probabilities), ("--uncertainty", args.uncertainty)):
         if value:
@@ -88,18 +77,7 @@ def _run(args: argparse.Namespace, *, cancel, job) -> int:
             if Path(value).resolve() in folders.values():
                 raise UsageError(f"{option}={value}: must be a different folder from OUT and the other maps'")
             folders[option] = Path(value).resolve()
-    chain = None
-    if _postprocess_requested(args):
-        from napari_medseg.postprocess import chain_from_options
-
-        chain = chain_from_options(
-            opening_mm=args.opening_mm, closing_mm=args.closing_mm, fill_holes=args.fill_holes,
-            fill_holes_2d=args.fill_holes_2d, min_size_mm3=args.min_size_mm3,
-            keep_largest=args.keep_largest if args.keep_largest is not None else False,
-            labels=parse_labels(args.labels),
-        )
-    elif args.labels is not None:
-        raise UsageError("--labels selects labels for post-processing; give a post-processing flag too")
+    chain = _chain_from_args(args)
     resolve_device(args.device)
 
     models = [load_model(name) for name in args.model]  # once for the whole cohort

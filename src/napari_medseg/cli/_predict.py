@@ -88,26 +88,22 @@ def _postprocess_requested(args: argparse.Namespace) -> bool:
     )
 
 
-def _uncertainty_volume(prediction, label_names: list[str]):
-    """Stack the uncertainty maps into one multi-component Volume and name its components."""
-    import numpy as np
+def _chain_from_args(args: argparse.Namespace):
+    """The post-processing chain the options ask for, or None (shared by single-case and cohort predict)."""
+    from napari_medseg.cli import UsageError, parse_labels
 
-    from napari_medseg.volume import Volume
+    if _postprocess_requested(args):
+        from napari_medseg.postprocess import chain_from_options
 
-    parts, names = [], []
-    for key in ("entropy", "mutual_information"):
-        if key in prediction.uncertainty:
-            parts.append(prediction.uncertainty[key].array[..., None])
-            names.append(key)
-    if "variance" in prediction.uncertainty:
-        parts.append(prediction.uncertainty["variance"].array)
-        names.extend(f"variance_{n}" for n in label_names)
-    array = np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
-    if array.ndim == 4 and array.shape[-1] == 1:
-        array = array[..., 0]
-    meta = dict(prediction.labels.metadata)
-    meta["medseg_components"] = ",".join(names)
-    return Volume(array, prediction.labels.geometry, meta), names
+        return chain_from_options(
+            opening_mm=args.opening_mm, closing_mm=args.closing_mm, fill_holes=args.fill_holes,
+            fill_holes_2d=args.fill_holes_2d, min_size_mm3=args.min_size_mm3,
+            keep_largest=args.keep_largest if args.keep_largest is not None else False,
+            labels=parse_labels(args.labels),
+        )
+    if args.labels is not None:
+        raise UsageError("--labels selects labels for post-processing; give a post-processing flag too")
+    return None
 
 
 def run_predict(args: argparse.Namespace, *, cancel=None) -> None:
@@ -135,8 +131,6 @@ def run_predict(args: argparse.Namespace, *, cancel=None) -> None:
 
 def _predict(args: argparse.Namespace, *, cancel, progress, show_progress: bool) -> dict:
     """The work of ``medseg predict``; returns the written files (absolute paths) by role."""
-    from napari_medseg.cli import UsageError, parse_labels
-
     # the outputs first (names, folders, no output on an input or on another output), before torch
     # is imported or anything is read: a typo fails at once and nothing the user has is touched
     output, sidecar = _check_predict_outputs(args)
@@ -144,18 +138,7 @@ def _predict(args: argparse.Namespace, *, cancel, progress, show_progress: bool)
     from napari_medseg.cli._dicom_seg import check_predict_seg, predict_seg_reference, predicted_seg_file
 
     seg_reference = predict_seg_reference(args.input, output)  # OUT.dcm from a DICOM folder: a DICOM SEG
-    chain = None
-    if _postprocess_requested(args):
-        from napari_medseg.postprocess import chain_from_options
-
-        chain = chain_from_options(
-            opening_mm=args.opening_mm, closing_mm=args.closing_mm, fill_holes=args.fill_holes,
-            fill_holes_2d=args.fill_holes_2d, min_size_mm3=args.min_size_mm3,
-            keep_largest=args.keep_largest if args.keep_largest is not None else False,
-            labels=parse_labels(args.labels),
-        )
-    elif args.labels is not None:
-        raise UsageError("--labels selects labels for post-processing; give a post-processing flag too")
+    chain = _chain_from_args(args)
 
     # model names (the cards, no weights) and the channel count before torch is imported
     from napari_medseg.registry import load_model
@@ -167,7 +150,6 @@ def _predict(args: argparse.Namespace, *, cancel, progress, show_progress: bool)
 
     resolve_device(args.device)
     from napari_medseg.inference import CardMismatchWarning, predict
-    from napari_medseg.volume import write_volume
 
     volumes = [read_input(args, path) for path in args.input]
     _check_output_shape(output, volumes[0])
@@ -226,7 +208,9 @@ def _predict(args: argparse.Namespace, *, cancel, progress, show_progress: bool)
             "file": args.probabilities, "components": label_names, "precision": prob.metadata["medseg_precision"],
         }
     if args.uncertainty:
-        unc, components = _uncertainty_volume(prediction, label_names)
+        from napari_medseg.batch import uncertainty_volume
+
+        unc, components = uncertainty_volume(prediction, label_names)
         unc = compact_map(unc, kind="uncertainty")
         to_write.append((unc, Path(args.uncertainty), {}))
         provenance["outputs"]["uncertainty"] = {
