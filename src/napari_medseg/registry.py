@@ -314,6 +314,7 @@ class ModelCard(_Spec):
     weights: WeightsSpec
     files: list[FileSpec] = Field(default_factory=list, description="other files the model needs, with sha256")
     recipe: str | None = None
+    nnunet: dict[str, Any] | None = Field(None, description="an imported nnU-Net v2 model: see napari_medseg.nnunet")
     metrics: dict[str, float] = Field(default_factory=dict)
     monai_bundle: dict[str, Any] | None = None
 
