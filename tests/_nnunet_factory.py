@@ -92,9 +92,26 @@ def main(root: Path) -> None:
     for fold in (0, 1):
         trainer = nnUNetTrainer({**plans, "continue_training": False}, "3d_fullres", fold, dataset_json, device=torch.device("cpu"))
         trainer.num_epochs = 1
-        trainer.num_iterations_per_epoch = 3
+        trainer.num_iterations_per_epoch = 2
         trainer.num_val_iterations_per_epoch = 1
         trainer.run_training()
+
+
+def nnunet_env(root: Path) -> dict[str, str]:
+    """The environment for nnU-Net's commands (and ours) on ``root``: its three folders, one thread."""
+    return {**os.environ, "nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "preprocessed"),
+            "nnUNet_results": str(root / "results"), "OMP_NUM_THREADS": "1", "nnUNet_def_n_proc": "1",
+            "nnUNet_n_proc_DA": "0"}
+
+
+def build_in_subprocess(root: Path) -> Path:
+    """Run :func:`main` in a fresh interpreter (nnU-Net reads its folders at import); return ``root``."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, __file__, str(root)], env=nnunet_env(root), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"building the nnU-Net result folder failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return root
 
 
 if __name__ == "__main__":

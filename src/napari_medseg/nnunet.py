@@ -47,6 +47,7 @@ __all__ = [
     "ALLOWED_OPS",
     "load_nnunet_checkpoint",
     "import_nnunet",
+    "add_nnunet",
     "predict_nnunet",
     "nnunet_default_name",
 ]
@@ -428,6 +429,27 @@ def import_nnunet(
     }
     extra = {"nnunet/plans.json": plans_path.read_bytes(), "nnunet/dataset.json": dataset_path.read_bytes()}
     return save_model_folder(folder, card=card, state_dict=state, extra_files=extra, overwrite=overwrite)
+
+
+def add_nnunet(
+    result_folder: str | os.PathLike,
+    registry: Any,
+    *,
+    folds: Sequence[int | str] | None = None,
+    checkpoint: str = "checkpoint_final.pth",
+    name: str | None = None,
+    force: bool = False,
+) -> RegistryModel:
+    """Import an nnU-Net v2 result folder (staged in a temporary folder) into ``registry``'s user folder.
+
+    What ``medseg models import-nnunet --add``, the napari Models widget and the Slicer module
+    call. Raises as :func:`import_nnunet` and :meth:`~napari_medseg.registry.Registry.add`.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=".medseg-import-") as tmp:
+        staged = import_nnunet(result_folder, Path(tmp) / "model", folds=folds, checkpoint=checkpoint, name=name)
+        return registry.add(staged.folder, force=force)
 
 
 # ------------------------------------------------------------------------------------------ predict

@@ -258,17 +258,14 @@ def run_import_bundle(args: argparse.Namespace) -> int:
 
 
 def run_import_nnunet(args: argparse.Namespace) -> int:
-    import tempfile
     from pathlib import Path
 
-    from napari_medseg.nnunet import import_nnunet, nnunet_default_name
+    from napari_medseg.nnunet import add_nnunet, import_nnunet, nnunet_default_name
     from napari_medseg.registry import Registry
 
     kwargs = {"folds": args.folds, "checkpoint": args.checkpoint, "name": args.name}
     if args.out is None and args.add:
-        with tempfile.TemporaryDirectory(prefix=".medseg-import-") as tmp:
-            staged = import_nnunet(args.result_folder, Path(tmp) / "model", **kwargs)
-            model = Registry().add(staged.folder, force=args.force)
+        model = add_nnunet(args.result_folder, Registry(), force=args.force, **kwargs)
         print(f"imported {args.result_folder} as {model.name} {model.card.version} into {model.folder}")
         return 0
     out = Path(args.out) if args.out is not None else Path.cwd() / (args.name or nnunet_default_name(args.result_folder))
