@@ -48,6 +48,7 @@ __all__ = [
     "load_nnunet_checkpoint",
     "import_nnunet",
     "add_nnunet",
+    "load_nnunet_network",
     "predict_nnunet",
     "nnunet_default_name",
 ]
@@ -467,6 +468,29 @@ def _model_json(model: RegistryModel, key: str) -> dict[str, Any]:
     return json.loads(data.decode("utf-8"))
 
 
+def _fold_state_dicts(model: RegistryModel) -> list[dict[str, Any]]:
+    state = model.load_state_dict()
+    return [{k[len(f"fold_{f}."):]: v for k, v in state.items() if k.startswith(f"fold_{f}.")}
+            for f in model.card.nnunet["folds"]]
+
+
+def load_nnunet_network(model: RegistryModel, *, fold: int | str | None = None, device: str | torch.device = "cpu"):
+    """The network of an imported nnU-Net model with one fold's weights (default the first), in eval mode.
+
+    Every file's sha256 is checked; the network is built from the allow-lists as at import.
+    """
+    _require_nnunetv2()
+    spec = model.card.nnunet
+    folds = [str(f) for f in spec["folds"]]
+    which = folds[0] if fold is None else str(fold)
+    if which not in folds:
+        raise InvalidInputError(f"fold={fold!r}: model {model.name!r} holds folds {', '.join(folds)}")
+    network = _build_network(_model_json(model, "plans"), _model_json(model, "dataset"), spec["configuration"],
+                             where=str(model.card_path))
+    network.load_state_dict(_fold_state_dicts(model)[folds.index(which)], strict=True)
+    return network.to(device).eval()
+
+
 def _sitk_properties(volume: Volume) -> tuple[np.ndarray, dict[str, Any]]:
     """The array and properties nnU-Net's SimpleITKIO would give for this volume (3D only)."""
     g = volume.geometry
@@ -557,8 +581,7 @@ def predict_nnunet(
     plans, dataset = _model_json(model, "plans"), _model_json(model, "dataset")
     configuration = spec["configuration"]
     network = _build_network(plans, dataset, configuration, where=str(model.card_path))
-    state = model.load_state_dict()
-    folds = [{k[len(f"fold_{f}."):]: v for k, v in state.items() if k.startswith(f"fold_{f}.")} for f in spec["folds"]]
+    folds = _fold_state_dicts(model)
     pm = PlansManager(plans)
     cm = pm.get_configuration(configuration)
     torch_device = torch.device(device) if not isinstance(device, torch.device) else device

@@ -861,6 +861,10 @@ class RegistryModel:
         from napari_medseg.networks import build_network
 
         card = self.card
+        if card.nnunet is not None:  # an imported nnU-Net model: its own allow-listed network, first fold
+            from napari_medseg.nnunet import load_nnunet_network
+
+            return load_nnunet_network(self, device=device)
         rate = card.dropout.rate if dropout_rate is None else float(dropout_rate)
         if not 0.0 <= rate < 1.0:
             raise InvalidInputError(f"dropout_rate={dropout_rate!r}: expected a rate in [0, 1)")
