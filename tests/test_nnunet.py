@@ -212,6 +212,7 @@ def test_region_based_model_agrees_with_nnunet(nnunet_root, test_inputs, tmp_pat
     predictor = nnUNetPredictor(device=torch.device("cpu"), perform_everything_on_device=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(folder), use_folds=(0,))
     ref = tmp_path / "ref"
+    ref.mkdir()
     predictor.predict_from_files_sequential(str(test_inputs), str(ref))
     run_cli("predict", test_inputs / "case_0000.nii.gz", test_inputs / "case_0001.nii.gz", tmp_path / "ours.nii.gz",
             "--model", tmp_path / "m", "--no-progress", env=env)
