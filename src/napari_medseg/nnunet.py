@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import json
 import os
 import re
@@ -352,6 +351,7 @@ def import_nnunet(
                      enumerate(zip(schemes, channel_names, cm.use_mask_for_norm))]
 
     network = _build_network(plans, dataset, configuration, where=where)
+    network_class, arch_kwargs, _ = _arch(plans, configuration, where=where)
     import torch
 
     state: dict[str, torch.Tensor] = {}
@@ -394,10 +394,9 @@ def import_nnunet(
         "task": "segmentation",
         "license": str(dataset.get("licence", dataset.get("license", "NOASSERTION"))) or "NOASSERTION",
         "references": ["https://doi.org/10.1038/s41592-020-01008-z"],
-        "architecture": {"name": f"nnunet.{ALLOWED_NETWORKS[_arch(plans, configuration, where=where)[0]]}",
-                         "params": json.loads(json.dumps(_arch(plans, configuration, where=where)[1]))},
+        "architecture": {"name": f"nnunet.{ALLOWED_NETWORKS[network_class]}", "params": arch_kwargs},
         "spatial_dims": len(patch),
-        "channels": [{"name": c, "modality": c if c.upper() not in ("CT",) else "CT"} for c in channel_names],
+        "channels": [{"name": c, "modality": c} for c in channel_names],
         "labels": {v: {"name": n, "color": default_label_color(v)} for v, n in labels.items()},
         "spacing": tuple(spacing_array[::-1]) if spacing_array else None,
         "normalization": {"kind": "none"},  # nnU-Net's own per-channel schemes: see nnunet.normalization
@@ -411,7 +410,7 @@ def import_nnunet(
             "checkpoint": checkpoint,
             "plans": "nnunet/plans.json",
             "dataset": "nnunet/dataset.json",
-            "network_class": _arch(plans, configuration, where=where)[0],
+            "network_class": network_class,
             "activation": "sigmoid" if lm.has_regions else "softmax",
             "regions": regions,
             "regions_class_order": order,
