@@ -59,3 +59,12 @@ def run_cli():
         return proc
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def nnunet_root(tmp_path_factory):
+    """A real nnU-Net v2 result folder built with nnunetv2 itself (tests/_nnunet_factory.py), once per session."""
+    pytest.importorskip("nnunetv2")
+    from _nnunet_factory import build_in_subprocess
+
+    return build_in_subprocess(tmp_path_factory.mktemp("nnunet"))

@@ -802,6 +802,9 @@ def predict(
     if batch_size is not None:
         batch_size = _check_positive_int(batch_size, "batch_size")
     torch_device = resolve_device(device)
+    if any(m.card.nnunet is not None for m in models):
+        return _predict_nnunet(_stack_input(volume_or_volumes), models, torch_device, mc_samples=mc_samples,
+                               tta_flips=tta_flips, progress=progress, cancel=cancel)
     volume = _stack_input(volume_or_volumes)
     _check_input(volume, models)
     if any(m.card.bundle is not None for m in models):
@@ -978,3 +981,18 @@ def _model_grid_shape(volume: Volume, card: ModelCard) -> tuple[int, int, int]:
         shape_xyz = [max(1, int(round(n * o / s))) for n, o, s in zip(shape_xyz, spacing, card.spacing)]
     return tuple(shape_xyz[::-1])
 
+
+def _predict_nnunet(volume: Volume, models: list[RegistryModel], device: torch.device, *, mc_samples: int,
+                    tta_flips: bool, progress, cancel) -> Prediction:
+    """An imported nnU-Net model runs nnU-Net's own pipeline (:func:`napari_medseg.nnunet.predict_nnunet`)."""
+    from napari_medseg.nnunet import predict_nnunet
+
+    names = ", ".join(repr(m.card.name) for m in models if m.card.nnunet is not None)
+    if len(models) > 1:
+        raise InvalidInputError(f"model: {names} is an imported nnU-Net model, which runs alone (its folds are its ensemble)")
+    if mc_samples or tta_flips:
+        raise InvalidInputError(
+            f"mc_samples/tta_flips: model {names} is an imported nnU-Net model, run exactly as nnUNetv2_predict "
+            "(it mirrors on its own allowed axes; the folds give the uncertainty)"
+        )
+    return predict_nnunet(volume, models[0], device=device, progress=progress, cancel=cancel)

@@ -389,6 +389,7 @@ class ModelCard(_Spec):
     weights: WeightsSpec
     files: list[FileSpec] = Field(default_factory=list, description="other files the model needs, with sha256")
     recipe: str | None = None
+    nnunet: dict[str, Any] | None = Field(None, description="an imported nnU-Net v2 model: see napari_medseg.nnunet")
     metrics: dict[str, float] = Field(default_factory=dict)
     monai_bundle: dict[str, Any] | None = None
     outputs: OutputSpec | None = None
@@ -1013,6 +1014,10 @@ class RegistryModel:
         from napari_medseg.networks import build_network
 
         card = self.card
+        if card.nnunet is not None:  # an imported nnU-Net model: its own allow-listed network, first fold
+            from napari_medseg.nnunet import load_nnunet_network
+
+            return load_nnunet_network(self, device=device)
         rate = card.dropout.rate if dropout_rate is None else float(dropout_rate)
         if not 0.0 <= rate < 1.0:
             raise InvalidInputError(f"dropout_rate={dropout_rate!r}: expected a rate in [0, 1)")

@@ -246,6 +246,43 @@ class MedSegLogic:
         """:func:`card_mismatches` for a volume node and a registry model."""
         return card_mismatches(nodes.volume_from_node(volume_node), self.card(model))
 
+    def import_nnunet(self, folder: str | os.PathLike, *, folds: Sequence[int | str] | None = None,
+                      name: str | None = None, force: bool = False, timeout_s: float = 600.0) -> str:
+        """Import an nnU-Net v2 result folder into the user models folder and return the model's name.
+
+        Runs ``medseg models import-nnunet FOLDER --add`` (:func:`napari_medseg.nnunet.add_nnunet`)
+        as a child process, so torch and nnunetv2 never load into Slicer's GUI process.
+
+        Raises
+        ------
+        InvalidInputError
+            With the child's one-line reason if the import is refused (exit 2: unsafe checkpoint,
+            network outside the allow-list, missing fold, ...).
+        MedsegError
+            If the child fails otherwise.
+        """
+        import subprocess
+        import sys
+
+        argv = [str(self.python or sys.executable), "-m", "napari_medseg.cli", "models", "import-nnunet", str(folder),
+                "--add"]
+        if folds:
+            argv += ["--folds", *map(str, folds)]
+        if name:
+            argv += ["--name", name]
+        if force:
+            argv.append("--force")
+        before = set(self.model_names())
+        proc = subprocess.run(argv, capture_output=True, text=True, encoding="utf-8", timeout=timeout_s,
+                              env={**os.environ, **self.env})
+        if proc.returncode != 0:
+            lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+            reason = lines[-1] if lines else f"exit code {proc.returncode}"
+            raise (InvalidInputError if proc.returncode == 2 else MedsegError)(f"nnU-Net import of {folder}: {reason}")
+        self._registry = None  # rescan: the user folder changed
+        added = sorted(set(self.model_names()) - before)
+        return name or (added[0] if added else proc.stdout.split(" as ", 1)[-1].split()[0])
+
     # -- starting jobs ------------------------------------------------------------------------------
     def _work_dir(self, kind: str) -> Path:
         folder = self.work_root / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{uuid.uuid4().hex[:6]}"

@@ -1,4 +1,4 @@
-"""``medseg models``: list, show, verify, add, remove and import-bundle.
+"""``medseg models``: list, show, verify, add, remove, import-bundle and import-nnunet.
 
 Exit codes: 0 success; 2 bad input (unknown name, invalid card, a file whose sha256 does not
 match: the message names the file, the expected and the actual sha256); 1 internal error.
@@ -76,6 +76,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     bundle.add_argument("--add", action="store_true", help="also add the model to the user folder")
     bundle.add_argument("--force", action="store_true", help="overwrite --out / replace a model of the same name")
     bundle.set_defaults(func=run_import_bundle)
+
+    nn = commands.add_parser(
+        "import-nnunet",
+        help="convert an nnU-Net v2 result folder into a model folder",
+        description="Convert an nnU-Net v2 result folder (<trainer>__<plans>__<configuration> with dataset.json, "
+        "plans.json and fold_K/checkpoint_final.pth) into a model folder with a generated card and the folds' "
+        "weights in model.safetensors. Checkpoints are read weights-only; the network class comes from an "
+        "allow-list. Needs the optional package nnunetv2.",
+    )
+    nn.add_argument("result_folder", metavar="FOLDER")
+    nn.add_argument("--folds", nargs="+", metavar="K", help="folds to ensemble (default: every fold_K with the checkpoint)")
+    nn.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint file in each fold (default checkpoint_final.pth)")
+    nn.add_argument("--out", metavar="FOLDER",
+                    help="model folder to write (default: ./<name>; with --add and no --out, only the user folder)")
+    nn.add_argument("--name", help="registry name (default: <Dataset>_<configuration>)")
+    nn.add_argument("--add", action="store_true", help="also add the model to the user folder")
+    nn.add_argument("--force", action="store_true", help="overwrite --out / replace a model of the same name")
+    nn.set_defaults(func=run_import_nnunet)
 
 
 def _summary(model) -> dict:
@@ -240,6 +258,28 @@ def run_import_bundle(args: argparse.Namespace) -> int:
     model = import_monai_bundle(args.bundle, out, name=args.name, overwrite=args.force)
     print(f"imported {args.bundle} as {model.name} {model.card.version} in {model.folder} "
           f"(architecture {model.card.architecture.name}, sha256 {model.sha256})")
+    if args.add:
+        added = Registry().add(model.folder, force=args.force)
+        print(f"added {added.name} to {added.folder}")
+    return 0
+
+
+def run_import_nnunet(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from napari_medseg.nnunet import add_nnunet, import_nnunet, nnunet_default_name
+    from napari_medseg.registry import Registry
+
+    kwargs = {"folds": args.folds, "checkpoint": args.checkpoint, "name": args.name}
+    if args.out is None and args.add:
+        model = add_nnunet(args.result_folder, Registry(), force=args.force, **kwargs)
+        print(f"imported {args.result_folder} as {model.name} {model.card.version} into {model.folder}")
+        return 0
+    out = Path(args.out) if args.out is not None else Path.cwd() / (args.name or nnunet_default_name(args.result_folder))
+    model = import_nnunet(args.result_folder, out, overwrite=args.force, **kwargs)
+    print(f"imported {args.result_folder} as {model.name} {model.card.version} in {model.folder} "
+          f"(folds {', '.join(model.card.nnunet['folds'])}, architecture {model.card.architecture.name}, "
+          f"sha256 {model.sha256})")
     if args.add:
         added = Registry().add(model.folder, force=args.force)
         print(f"added {added.name} to {added.folder}")

@@ -7,7 +7,8 @@ selected model. Verify checks the sha256 of every file a card names, in a worker
 model, Cancel between models); each model shows ``OK`` or the core's ``IntegrityError`` message.
 Import copies a model folder into the user folder (:meth:`Registry.add`, validated and atomic) or
 converts a MONAI bundle first (:func:`~napari_medseg.registry.import_monai_bundle`, staged in a
-temporary folder, then added the same way). Remove deletes a user-folder model after a
+temporary folder, then added the same way), or an nnU-Net v2 result folder
+(:func:`~napari_medseg.nnunet.add_nnunet`, the same way). Remove deletes a user-folder model after a
 confirmation. Every change emits ``plugin_events().registry_changed`` so model pickers refresh.
 """
 
@@ -153,8 +154,9 @@ class ModelsWidget(QWidget):
         row = QHBoxLayout()
         self.import_button = QPushButton("Import folder…")
         self.bundle_button = QPushButton("Import MONAI bundle…")
+        self.nnunet_button = QPushButton("Import nnU-Net…")
         self.remove_button = QPushButton("Remove")
-        for button in (self.import_button, self.bundle_button, self.remove_button):
+        for button in (self.import_button, self.bundle_button, self.nnunet_button, self.remove_button):
             row.addWidget(button)
         layout.addLayout(row)
         self.progress_bar = QProgressBar()
@@ -170,11 +172,13 @@ class ModelsWidget(QWidget):
         self.import_runner = TaskRunner(self.import_button, self.progress_bar, self.status_label, what="Import",
                                         cancel_text="Importing…")
         self.import_runner.finished.connect(lambda: self.bundle_button.setEnabled(True))
+        self.import_runner.finished.connect(lambda: self.nnunet_button.setEnabled(True))
         self.refresh_button.clicked.connect(self.refresh)
         self.verify_button.clicked.connect(self._verify_clicked)
         self.verify_selected_button.clicked.connect(lambda: self.verify(selected_only=True))
         self.import_button.clicked.connect(lambda: self.import_folder())
         self.bundle_button.clicked.connect(lambda: self.import_bundle())
+        self.nnunet_button.clicked.connect(lambda: self.import_nnunet())
         self.remove_button.clicked.connect(lambda: self.remove_selected())
         self.table.itemSelectionChanged.connect(self._show_card)
         self._events = plugin_events()
@@ -293,6 +297,7 @@ class ModelsWidget(QWidget):
                                  **kwargs)
         self.import_button.setEnabled(False)  # copying cannot be interrupted half-way: no Cancel
         self.bundle_button.setEnabled(False)
+        self.nnunet_button.setEnabled(False)
 
     def import_folder(self, path: str | Path | None = None) -> None:
         """Add a model folder to the user folder (validated, sha256-checked, copied atomically), in a worker.
@@ -319,6 +324,22 @@ class ModelsWidget(QWidget):
             if not path:
                 return
         self._start_import(import_bundle, Path(path), self.registry(), name=name, what="Bundle import")
+
+    def import_nnunet(self, path: str | Path | None = None, *, folds: Sequence[int | str] | None = None,
+                      name: str | None = None) -> None:
+        """Import an nnU-Net v2 result folder into the user folder (:func:`~napari_medseg.nnunet.add_nnunet`), in a worker.
+
+        Asks for the folder (``<trainer>__<plans>__<configuration>``) if ``path`` is None.
+        """
+        from napari_medseg.nnunet import add_nnunet
+
+        if self.import_runner.running:
+            return
+        if path is None:
+            path = QFileDialog.getExistingDirectory(self, "Import an nnU-Net v2 result folder (trainer__plans__configuration)")
+            if not path:
+                return
+        self._start_import(add_nnunet, Path(path), self.registry(), folds=folds, name=name, what="nnU-Net import")
 
     def _imported(self, model: RegistryModel) -> None:
         self.verified[model.name] = OK  # add() verified the copy
