@@ -80,7 +80,10 @@ def test_predict_job_loads_segmentation_that_matches_medseg_predict(logic, scene
     for out in (*unc.values(), *probs.values()):
         np.testing.assert_array_equal(ijk_to_ras(out), ijk_to_ras(node))  # the input's IJK-to-RAS, exactly
     total = sum(nodes.volume_from_node(n).array.astype(np.float64) for n in probs.values())
-    np.testing.assert_allclose(total, 1.0, atol=1e-5)
+    # the maps are stored 8-bit (napari_medseg.compact): each within its stated rounding error
+    stated = task.outputs["provenance"]["outputs"]["probabilities"]["precision"]
+    precision = float(stated.rsplit("max rounding error", 1)[1])
+    np.testing.assert_allclose(total, 1.0, atol=len(probs) * precision + 1e-6)
     entropy = nodes.volume_from_node(unc["entropy"]).array
     assert entropy.shape == volume.shape and entropy.min() >= 0
     model = task.outputs["provenance"]["models"][0]
