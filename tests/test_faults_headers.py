@@ -30,32 +30,40 @@ from napari_medseg.volume import Geometry, Volume, read_volume, write_volume
 LIMIT_AS = 1500 * 2**20  # 1.5 GiB of address space for the child
 
 
-def _limited():
-    resource.setrlimit(resource.RLIMIT_AS, (LIMIT_AS, LIMIT_AS))
+# A small Python process starts the CLI and reports its child's peak RSS: a child forked (or
+# vforked) straight from the test process would count the test process's own resident memory in its
+# ru_maxrss (Linux folds the parent's high-water mark into the child's at fork and exec), so after
+# napari's tests ran here the peak read as > 1 GB for a CLI that used 100 MB.
+_LAUNCHER = """
+import os, resource, subprocess, sys
+limit, report, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+def limited():
+    if limit:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+code = subprocess.call(argv, preexec_fn=limited)
+with open(report, "w") as fh:
+    fh.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(code)
+"""
 
 
 def _medseg(*args, limit_as: bool = False, timeout: float = 60) -> tuple[int, str, float]:
-    """Run the CLI; return (exit code, stderr, the child's own peak RSS in MB, from wait4)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    """Run the CLI; return (exit code, stderr, the CLI process's own peak RSS in MB)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "maxrss"
+        argv = [sys.executable, "-m", "napari_medseg.cli", *map(str, args)]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "napari_medseg.cli", *map(str, args)],
-            stdout=out,
-            stderr=err,
-            preexec_fn=_limited if limit_as else None,
+            [sys.executable, "-c", _LAUNCHER, str(LIMIT_AS if limit_as else 0), str(report), *argv],
+            stdout=out, stderr=err, start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                proc.wait()
-                pytest.fail(f"medseg {' '.join(map(str, args))} did not finish within {timeout} s (it blocked)")
-            time.sleep(0.05)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            pytest.fail(f"medseg {' '.join(map(str, args))} did not finish within {timeout} s (it blocked)")
         err.seek(0)
-        return proc.returncode, err.read().decode("utf-8", "replace"), usage.ru_maxrss / 1024
+        return proc.returncode, err.read().decode("utf-8", "replace"), int(report.read_text()) / 1024
 
 
 def _nifti_header(shape_xyz, dtype=np.uint8) -> bytes:
