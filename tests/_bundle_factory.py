@@ -129,9 +129,17 @@ def run_monai(bundle: Path, images: list[Path] | Path, out_dir: Path, *, weights
         run=["$[@postprocessing(monai.data.decollate_batch({**b, 'pred': @inferer(b['image'], @network)})[0]) "
              "for b in @dataloader]"],
     )
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
+    # the workflow switches gradients off for the whole thread, as MONAI's evaluator does for its
+    # run; restore the mode so the tests that run after this one can train
+    import torch
+
+    grad_enabled = torch.is_grad_enabled()
+    try:
+        workflow.initialize()
+        workflow.run()
+        workflow.finalize()
+    finally:
+        torch.set_grad_enabled(grad_enabled)
     found = sorted(out_dir.rglob("*.nii.gz"))
     assert len(found) == 1, found
     return found[0]

@@ -512,7 +512,10 @@ def test_target_that_is_a_mount_point(tmp_path):
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_full_disk_during_predict_keeps_every_old_output(capsys, tmpfs, tmp_path, scan, model):
-    """The labels fit, the uncertainty does not: no output changes, the old sidecar stays."""
+    """The disk fills during predict's group write: no output changes, the old sidecar stays.
+
+    (Which file hits the full disk first depends on the map sizes; uncertainty maps are stored
+    8-bit since napari_medseg.compact, so the message names whichever output it was.)"""
     out_dir = tmpfs / "out"
     out_dir.mkdir()
     (out_dir / "seg.nii.gz.json").write_text('{"parameters": {"seed": 1}}')
@@ -523,5 +526,6 @@ def test_full_disk_during_predict_keeps_every_old_output(capsys, tmpfs, tmp_path
     proc = _main(capsys, "predict", scan, out_dir / "seg.nii.gz", "--model", model.folder, "--no-progress",
                  "--mc-samples", "2", "--uncertainty", out_dir / "unc.nii")
     assert proc.returncode == 2, proc.stderr
-    assert "no space left on the device" in proc.stderr and str(out_dir / "unc.nii") in proc.stderr
+    assert "no space left on the device" in proc.stderr
+    assert any(f"{out_dir / name}: cannot" in proc.stderr for name in ("seg.nii.gz", "unc.nii", "seg.nii.gz.json"))
     assert _digest(tmpfs) == before and _temporaries(tmpfs) == []

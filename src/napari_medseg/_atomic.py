@@ -237,16 +237,21 @@ def commit(
     }
     journal_path = None
     target = moves[0][1] if moves else None
-    try:
-        if len(moves) > 1 or journal["describing"]:
-            journal_path = target.with_name(f"{_temp_prefix(target)}{_random()}.journal")
+    if len(moves) > 1 or journal["describing"]:
+        journal_path = target.with_name(f"{_temp_prefix(target)}{_random()}.journal")
+        try:
             with open(journal_path, "w", encoding="utf-8") as fh:
                 json.dump(journal, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             fsync_path(target.parent)
+        except OSError as exc:  # nothing was renamed yet: a partial journal must not stay behind
+            with contextlib.suppress(OSError):
+                journal_path.unlink()
+            raise access_error(exc, target, "replace") from None
+    try:
         _apply_journal(journal)
-    except OSError as exc:
+    except OSError as exc:  # the journal stays: the next write into this folder rolls it forward
         raise access_error(exc, target, "replace") from None
     if journal_path is not None:
         with contextlib.suppress(FileNotFoundError):
