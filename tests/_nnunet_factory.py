@@ -89,7 +89,14 @@ def main(root: Path) -> None:
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
     dataset_json = json.loads((pre / "dataset.json").read_text())
     os.environ["nnUNet_n_proc_DA"] = "0"  # augment in-process: no worker processes
+    import random
+
     for fold in (0, 1):
+        # Seeded: two iterations leave the network close to its initialisation, so which labels it
+        # predicts depends on the draw; a fixed draw keeps every label present on every machine.
+        random.seed(fold)
+        np.random.seed(fold)
+        torch.manual_seed(fold)
         trainer = nnUNetTrainer({**plans, "continue_training": False}, "3d_fullres", fold, dataset_json, device=torch.device("cpu"))
         trainer.num_epochs = 1
         trainer.num_iterations_per_epoch = 2

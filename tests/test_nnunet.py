@@ -121,8 +121,10 @@ def test_predict_agrees_with_nnunetv2_predict(imported, nnunet_root, test_inputs
     ours = tmp_path / "ours.nii.gz"
     run_cli("predict", test_inputs / "case_0000.nii.gz", test_inputs / "case_0001.nii.gz", ours, "--model", imported,
             "--uncertainty", tmp_path / "unc.nii.gz", "--no-progress", env=env)
-    A, _ = _agree(ours, ref / "case.nii.gz", (1, 2))
-    assert set(np.unique(A)) == {0, 1, 2}
+    A, B = _agree(ours, ref / "case.nii.gz", (1, 2))
+    # The factory's training is seeded so that every label appears; the comparison is only
+    # meaningful when the reference itself predicts more than background.
+    assert len(np.unique(B)) >= 2 and set(np.unique(A)) == set(np.unique(B))
     unc = sitk.ReadImage(str(tmp_path / "unc.nii.gz"))
     assert unc.GetNumberOfComponentsPerPixel() == 2 + 3  # entropy, mutual information, one variance per label
     mi = sitk.GetArrayFromImage(unc)[..., 1]
