@@ -377,7 +377,7 @@ def _label_rule(fn: _TensorFunction) -> list[tuple[int, int]] | None:
 
 # ------------------------------------------------------------------------------------ safe config
 def _read_config_file(path: Path, data: bytes | None = None) -> dict[str, Any]:
-    from napari_medseg.registry import _safe_yaml
+    from napari_medseg.registry.card_io import _safe_yaml
 
     text = (path.read_bytes() if data is None else data).decode("utf-8")
     if path.suffix == ".json":
@@ -818,7 +818,7 @@ def _load_weights(path: Path, key: str | None) -> dict[str, torch.Tensor]:
 
     import torch
 
-    from napari_medseg.registry import _decode_weights, _state_dict_from
+    from napari_medseg.registry.weights import _decode_weights, _state_dict_from
 
     if path.suffix.lower() == ".safetensors":
         return _decode_weights(path.read_bytes(), path=path)
@@ -864,6 +864,206 @@ def _forward_check(network: torch.nn.Module, *, in_channels: int, out_channels: 
     raise InvalidInputError(f"{where}: the network cannot run on a small input ({error}); refused")
 
 
+@dataclass(frozen=True)
+class _BundleNetwork:
+    """What a bundle's ``network_def`` says: the MONAI class and the arguments the card records."""
+
+    class_name: str
+    params: dict[str, Any]
+    spatial_dims: int
+    in_channels: int
+    out_channels: int
+    dropout_rate: float
+
+
+def _read_bundle(bundle: Path) -> tuple[Path, dict[str, Any], Path, dict[str, Any], SafeConfig]:
+    """The bundle's metadata and inference configs (paths and contents) and the safe config view."""
+    configs = bundle / "configs"
+    if not configs.is_dir():
+        raise FileFormatError(f"{bundle} is not a MONAI bundle: no configs/ folder")
+    metadata_path = _find_config(configs, "metadata")
+    if metadata_path is None:
+        raise FileFormatError(f"{bundle}: configs/metadata.json is missing")
+    inference_path = _find_config(configs, "inference")
+    if inference_path is None:
+        raise FileFormatError(f"{bundle}: configs/inference.json is missing")
+    metadata = _read_config_file(metadata_path)
+    inference = _read_config_file(inference_path)
+    cfg = SafeConfig(inference, path=inference_path, bundle_root=str(bundle.resolve()))
+    return metadata_path, metadata, inference_path, inference, cfg
+
+
+def _segmentation_task(metadata: Mapping[str, Any], metadata_path: Path) -> tuple[str, Mapping, Mapping]:
+    """The task, ``network_data_format`` and its first output; refuses a non-segmentation bundle."""
+    task = str(metadata.get("task") or "segmentation")
+    data_format = metadata.get("network_data_format") or {}
+    outputs = data_format.get("outputs") or {}
+    pred = next(iter(outputs.values()), {}) if isinstance(outputs, Mapping) else {}
+    if "classif" in task.lower() or (pred.get("type") not in (None, "image")):
+        raise InvalidInputError(
+            f"{metadata_path}: the bundle's task is {task!r} (output type {pred.get('type')!r}); only segmentation "
+            "bundles (an image of labels) can be imported"
+        )
+    return task, data_format, pred
+
+
+def _bundle_network(cfg: SafeConfig, inference: Mapping[str, Any], inference_path: Path) -> _BundleNetwork:
+    """The ``network_def``: a ``monai.networks.nets`` class, its channel counts and its other arguments."""
+    net_def = cfg.component(inference.get("network_def"), where="network_def")
+    if net_def is None:
+        raise InvalidInputError(f"{inference_path}: network_def with a _target_ is missing")
+    class_name = _class_name(net_def["_target_"], _NETS_PREFIXES)
+    import monai.networks.nets as nets
+
+    if class_name is None or not isinstance(getattr(nets, class_name, None), type):
+        classes = [n for n in dir(nets) if n[:1].isupper()]
+        raise InvalidInputError(
+            f"{inference_path}: network_def._target_={net_def['_target_']!r} is not a monai.networks.nets class; "
+            "the registry can only build those" + close_matches_message(str(class_name or net_def["_target_"]), classes)
+        )
+    kwargs = cfg.arguments(net_def, where="network_def")
+    signature = inspect.signature(getattr(nets, class_name))
+
+    def argument(key: str, *aliases: str) -> Any:
+        for k in (key, *aliases):
+            if k in kwargs:
+                return kwargs.pop(k)
+        parameter = signature.parameters.get(key)
+        if parameter is None or parameter.default is inspect.Parameter.empty:
+            raise InvalidInputError(f"{inference_path}: network_def has no {key}")
+        return parameter.default
+
+    spatial_dims = int(argument("spatial_dims", "dimensions"))
+    in_channels = int(argument("in_channels"))
+    out_channels = int(argument("out_channels"))
+    dropout_rate = 0.0
+    for key in ("dropout", "dropout_prob", "dropout_rate"):
+        if key in kwargs:
+            value = kwargs.pop(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                dropout_rate = float(value)
+    kwargs = json.loads(json.dumps(kwargs))  # tuples -> lists, so the card is plain data
+    return _BundleNetwork(class_name, kwargs, spatial_dims, in_channels, out_channels, dropout_rate)
+
+
+def _bundle_window(
+    pipeline: BundlePipeline, network: _BundleNetwork, data_format: Mapping, inference_path: Path
+) -> tuple[list[int], float]:
+    """The sliding window's ROI (x, y, z) and overlap; refuses a dimension the inferer does not fit."""
+    spatial_dims = network.spatial_dims
+    if spatial_dims not in (2, 3) or (spatial_dims == 2) != (pipeline.inferer_name == "SliceInferer"):
+        raise InvalidInputError(
+            f"{inference_path}: network_def spatial_dims={spatial_dims} with inferer {pipeline.inferer_name}: "
+            "3D networks and 2D networks run slice by slice over volumes (SliceInferer) are imported"
+        )
+    roi = pipeline.inferer_args.get("roi_size")
+    if pipeline.inferer_name in ("SlidingWindowInferer", "SliceInferer"):
+        roi = [int(roi)] * spatial_dims if isinstance(roi, int) else [int(r) for r in roi]
+        if any(r < 1 for r in roi) and not all(r <= 0 for r in roi):
+            raise InvalidInputError(f"{inference_path}: inferer.roi_size={roi}: expected positive sides")
+    if not roi or any(r < 1 for r in roi):
+        shape = (next(iter((data_format.get("inputs") or {}).values()), {}) or {}).get("spatial_shape")
+        ok = isinstance(shape, list) and len(shape) == spatial_dims and all(isinstance(s, int) and s > 0 for s in shape)
+        roi = [int(s) for s in shape] if ok else [96] * spatial_dims
+    overlap = pipeline.inferer_args.get("overlap", 0.25)
+    overlap = float(overlap[0] if isinstance(overlap, (list, tuple)) else overlap)
+    return roi, overlap
+
+
+def _bundle_channels(
+    data_format: Mapping, pred: Mapping, network: _BundleNetwork, metadata_path: Path
+) -> list[dict[str, str]]:
+    """The card's input channels; refuses channel counts the metadata and the network disagree on."""
+    in_channels = network.in_channels
+    inputs = data_format.get("inputs") or {}
+    image = next(iter(inputs.values()), {}) if isinstance(inputs, Mapping) else {}
+    for what, spec, count in (("inputs", image, in_channels), ("outputs", pred, network.out_channels)):
+        declared = spec.get("num_channels")
+        if declared is not None and int(declared) != count:
+            raise InvalidInputError(
+                f"{metadata_path}: network_data_format.{what} num_channels={declared} but network_def says {count}"
+            )
+    modality = str(image.get("modality") or "unknown")
+    channel_def = image.get("channel_def") or {}
+    return [
+        {"name": str(channel_def.get(str(i), channel_def.get(i, "image" if in_channels == 1 else f"channel{i}"))), "modality": modality}
+        for i in range(in_channels)
+    ]
+
+
+def _bundle_labels(
+    pipeline: BundlePipeline, pred: Mapping, out_channels: int, inference_path: Path
+) -> tuple[dict[int, str], list[str], str]:
+    """The label values and names the postprocessing produces, the output channel names, the activation."""
+    out_def = pred.get("channel_def") or {}
+    out_names = [str(out_def.get(str(i), out_def.get(i, f"channel{i}"))) for i in range(out_channels)]
+    activation = pipeline.activation
+    if activation == "none":
+        activation = "softmax" if pipeline.discrete == "argmax" else "sigmoid"
+    if pipeline.label_rule is not None:
+        bad = [c for _, c in pipeline.label_rule if c >= out_channels]
+        if bad:
+            raise InvalidInputError(f"{inference_path}: the postprocessing label rule uses channel {bad[0]} of {out_channels}")
+        labels = {0: "background", **{v: out_names[c] for v, c in pipeline.label_rule}}
+    elif pipeline.discrete == "argmax":
+        if out_channels < 2:
+            raise InvalidInputError(f"{inference_path}: AsDiscreted argmax over {out_channels} channel gives only 0")
+        labels = {i: (out_names[i] if str(i) in out_def or i in out_def else ("background" if i == 0 else f"label{i}"))
+                  for i in range(out_channels)}
+    elif out_channels == 1:
+        labels = {0: "background", 1: out_names[0] if out_def else "foreground"}
+    else:
+        raise InvalidInputError(
+            f"{inference_path}: {out_channels} sigmoid output channels thresholded without a rule that combines them "
+            "into one label map (a Lambdad label rule); overlapping masks are not imported"
+        )
+    if len(set(labels.values())) != len(labels):  # names must be unique
+        labels = {v: f"{n}_{v}" for v, n in labels.items()}
+    return labels, out_names, activation
+
+
+def _bundle_grid(cfg: SafeConfig) -> tuple[list[float] | None, str | None, dict[str, Any]]:
+    """The card's spacing, orientation and normalisation, read from the preprocessing chain (informative:
+    predict runs the bundle's own chain)."""
+    spacing = orientation = None
+    normalization: dict[str, Any] = {"kind": "none"}
+    for name_, node, where in _chain(cfg, "preprocessing"):
+        args = cfg.arguments(node, where=where, callables=_CALLABLE_ARGS, skip=("device",))
+        if name_ == "Spacingd" and "pixdim" in args:
+            pixdim = args["pixdim"]
+            pixdim = [pixdim] * 3 if isinstance(pixdim, (int, float)) else list(pixdim)
+            if len(pixdim) == 3 and all(isinstance(p, (int, float)) and p > 0 for p in pixdim):
+                spacing = [float(p) for p in pixdim]
+        elif name_ == "Orientationd" and isinstance(args.get("axcodes"), str):
+            orientation = args["axcodes"]
+        elif name_ == "NormalizeIntensityd":
+            normalization = {"kind": "zscore", "nonzero_only": bool(args.get("nonzero", False))}
+        elif name_ == "ScaleIntensityRanged" and (args.get("b_min"), args.get("b_max")) in ((0, 1), (0.0, 1.0)):
+            normalization = {"kind": "ct_window", "window_center": (float(args["a_min"]) + float(args["a_max"])) / 2,
+                             "window_width": float(args["a_max"]) - float(args["a_min"]), "clip": bool(args.get("clip", False))}
+    return spacing, orientation, normalization
+
+
+def _bundle_metadata_fields(bundle: Path, metadata: Mapping[str, Any], task: str) -> dict[str, Any]:
+    """The card fields copied from ``metadata.json`` (MONAI's names and meaning)."""
+    metrics = {
+        str(k): float(v) for k, v in (metadata.get("eval_metrics") or {}).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
+    return {
+        "version": str(metadata.get("version") or "0.0.0"),
+        "description": str(metadata.get("description") or ""),
+        "task": task,
+        "license": str(metadata.get("license") or _guess_license(bundle) or "unknown"),
+        "authors": metadata.get("authors") or [],
+        "references": [str(r) for r in metadata.get("references") or []],
+        "intended_use": metadata.get("intended_use"),
+        "recipe": f"MONAI bundle {metadata.get('name') or bundle.name} {metadata.get('version', '')}".strip(),
+        "metrics": metrics,
+        "monai_bundle": json.loads(json.dumps(metadata)),
+    }
+
+
 def import_monai_bundle(
     bundle_dir: str | Path,
     folder: str | Path,
@@ -904,164 +1104,29 @@ def import_monai_bundle(
         transform, inferer or expression that is not reproduced, channel counts that disagree, or
         a network that cannot run.
     """
-    from napari_medseg.registry import _encode_weights, _validate_card, _write_model, default_label_color
+    from napari_medseg.registry.card import default_label_color
+    from napari_medseg.registry.card_io import _validate_card
+    from napari_medseg.registry.save import _write_model
+    from napari_medseg.registry.weights import _encode_weights
 
     bundle = Path(bundle_dir)
-    configs = bundle / "configs"
-    if not configs.is_dir():
-        raise FileFormatError(f"{bundle} is not a MONAI bundle: no configs/ folder")
-    metadata_path = _find_config(configs, "metadata")
-    if metadata_path is None:
-        raise FileFormatError(f"{bundle}: configs/metadata.json is missing")
-    inference_path = _find_config(configs, "inference")
-    if inference_path is None:
-        raise FileFormatError(f"{bundle}: configs/inference.json is missing")
-    metadata = _read_config_file(metadata_path)
-    inference = _read_config_file(inference_path)
-    cfg = SafeConfig(inference, path=inference_path, bundle_root=str(bundle.resolve()))
-
-    task = str(metadata.get("task") or "segmentation")
-    data_format = metadata.get("network_data_format") or {}
-    outputs = data_format.get("outputs") or {}
-    pred = next(iter(outputs.values()), {}) if isinstance(outputs, Mapping) else {}
-    if "classif" in task.lower() or (pred.get("type") not in (None, "image")):
-        raise InvalidInputError(
-            f"{metadata_path}: the bundle's task is {task!r} (output type {pred.get('type')!r}); only segmentation "
-            "bundles (an image of labels) can be imported"
-        )
-
-    # ---- network
-    net_def = cfg.component(inference.get("network_def"), where="network_def")
-    if net_def is None:
-        raise InvalidInputError(f"{inference_path}: network_def with a _target_ is missing")
-    class_name = _class_name(net_def["_target_"], _NETS_PREFIXES)
-    import monai.networks.nets as nets
-
-    if class_name is None or not isinstance(getattr(nets, class_name, None), type):
-        classes = [n for n in dir(nets) if n[:1].isupper()]
-        raise InvalidInputError(
-            f"{inference_path}: network_def._target_={net_def['_target_']!r} is not a monai.networks.nets class; "
-            "the registry can only build those" + close_matches_message(str(class_name or net_def["_target_"]), classes)
-        )
-    kwargs = cfg.arguments(net_def, where="network_def")
-    signature = inspect.signature(getattr(nets, class_name))
-
-    def argument(key: str, *aliases: str) -> Any:
-        for k in (key, *aliases):
-            if k in kwargs:
-                return kwargs.pop(k)
-        parameter = signature.parameters.get(key)
-        if parameter is None or parameter.default is inspect.Parameter.empty:
-            raise InvalidInputError(f"{inference_path}: network_def has no {key}")
-        return parameter.default
-
-    spatial_dims = int(argument("spatial_dims", "dimensions"))
-    in_channels = int(argument("in_channels"))
-    out_channels = int(argument("out_channels"))
-    dropout_rate = 0.0
-    for key in ("dropout", "dropout_prob", "dropout_rate"):
-        if key in kwargs:
-            value = kwargs.pop(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                dropout_rate = float(value)
-    kwargs = json.loads(json.dumps(kwargs))  # tuples -> lists, so the card is plain data
-
-    # ---- the chain, and what it makes of the outputs
+    metadata_path, metadata, inference_path, inference, cfg = _read_bundle(bundle)
+    task, data_format, pred = _segmentation_task(metadata, metadata_path)
+    network = _bundle_network(cfg, inference, inference_path)
     pipeline = build_pipeline(cfg)
-    if spatial_dims not in (2, 3) or (spatial_dims == 2) != (pipeline.inferer_name == "SliceInferer"):
-        raise InvalidInputError(
-            f"{inference_path}: network_def spatial_dims={spatial_dims} with inferer {pipeline.inferer_name}: "
-            "3D networks and 2D networks run slice by slice over volumes (SliceInferer) are imported"
-        )
-    roi = pipeline.inferer_args.get("roi_size")
-    if pipeline.inferer_name in ("SlidingWindowInferer", "SliceInferer"):
-        roi = [int(roi)] * spatial_dims if isinstance(roi, int) else [int(r) for r in roi]
-        if any(r < 1 for r in roi) and not all(r <= 0 for r in roi):
-            raise InvalidInputError(f"{inference_path}: inferer.roi_size={roi}: expected positive sides")
-    if not roi or any(r < 1 for r in roi):
-        shape = (next(iter((data_format.get("inputs") or {}).values()), {}) or {}).get("spatial_shape")
-        ok = isinstance(shape, list) and len(shape) == spatial_dims and all(isinstance(s, int) and s > 0 for s in shape)
-        roi = [int(s) for s in shape] if ok else [96] * spatial_dims
-    overlap = pipeline.inferer_args.get("overlap", 0.25)
-    overlap = float(overlap[0] if isinstance(overlap, (list, tuple)) else overlap)
+    roi, overlap = _bundle_window(pipeline, network, data_format, inference_path)
+    channels = _bundle_channels(data_format, pred, network, metadata_path)
+    labels, out_names, activation = _bundle_labels(pipeline, pred, network.out_channels, inference_path)
 
-    inputs = data_format.get("inputs") or {}
-    image = next(iter(inputs.values()), {}) if isinstance(inputs, Mapping) else {}
-    for what, spec, count in (("inputs", image, in_channels), ("outputs", pred, out_channels)):
-        declared = spec.get("num_channels")
-        if declared is not None and int(declared) != count:
-            raise InvalidInputError(
-                f"{metadata_path}: network_data_format.{what} num_channels={declared} but network_def says {count}"
-            )
-    modality = str(image.get("modality") or "unknown")
-    channel_def = image.get("channel_def") or {}
-    channels = [
-        {"name": str(channel_def.get(str(i), channel_def.get(i, "image" if in_channels == 1 else f"channel{i}"))), "modality": modality}
-        for i in range(in_channels)
-    ]
-    out_def = pred.get("channel_def") or {}
-    out_names = [str(out_def.get(str(i), out_def.get(i, f"channel{i}"))) for i in range(out_channels)]
-    activation = pipeline.activation
-    if activation == "none":
-        activation = "softmax" if pipeline.discrete == "argmax" else "sigmoid"
-    if pipeline.label_rule is not None:
-        bad = [c for _, c in pipeline.label_rule if c >= out_channels]
-        if bad:
-            raise InvalidInputError(f"{inference_path}: the postprocessing label rule uses channel {bad[0]} of {out_channels}")
-        labels = {0: "background", **{v: out_names[c] for v, c in pipeline.label_rule}}
-    elif pipeline.discrete == "argmax":
-        if out_channels < 2:
-            raise InvalidInputError(f"{inference_path}: AsDiscreted argmax over {out_channels} channel gives only 0")
-        labels = {i: (out_names[i] if str(i) in out_def or i in out_def else ("background" if i == 0 else f"label{i}"))
-                  for i in range(out_channels)}
-    elif out_channels == 1:
-        labels = {0: "background", 1: out_names[0] if out_def else "foreground"}
-    else:
-        raise InvalidInputError(
-            f"{inference_path}: {out_channels} sigmoid output channels thresholded without a rule that combines them "
-            "into one label map (a Lambdad label rule); overlapping masks are not imported"
-        )
-    if len(set(labels.values())) != len(labels):  # names must be unique
-        labels = {v: f"{n}_{v}" for v, n in labels.items()}
-
-    # ---- weights
-    weights_path, load_key = _find_weights(bundle, cfg)
-    state = _load_weights(weights_path, load_key)
+    state = _load_weights(*_find_weights(bundle, cfg))
     weights = _encode_weights(state, metadata={"napari_medseg.source": f"MONAI bundle {bundle.name}"})
-
-    # ---- card
-    metrics = {
-        str(k): float(v) for k, v in (metadata.get("eval_metrics") or {}).items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    }
     extra = {f"bundle/{p.name}": p.read_bytes() for p in (metadata_path, inference_path)}
-    spacing = orientation = None
-    normalization: dict[str, Any] = {"kind": "none"}
-    for name_, node, where in _chain(cfg, "preprocessing"):
-        args = cfg.arguments(node, where=where, callables=_CALLABLE_ARGS, skip=("device",))
-        if name_ == "Spacingd" and "pixdim" in args:
-            pixdim = args["pixdim"]
-            pixdim = [pixdim] * 3 if isinstance(pixdim, (int, float)) else list(pixdim)
-            if len(pixdim) == 3 and all(isinstance(p, (int, float)) and p > 0 for p in pixdim):
-                spacing = [float(p) for p in pixdim]
-        elif name_ == "Orientationd" and isinstance(args.get("axcodes"), str):
-            orientation = args["axcodes"]
-        elif name_ == "NormalizeIntensityd":
-            normalization = {"kind": "zscore", "nonzero_only": bool(args.get("nonzero", False))}
-        elif name_ == "ScaleIntensityRanged" and (args.get("b_min"), args.get("b_max")) in ((0, 1), (0.0, 1.0)):
-            normalization = {"kind": "ct_window", "window_center": (float(args["a_min"]) + float(args["a_max"])) / 2,
-                             "window_width": float(args["a_max"]) - float(args["a_min"]), "clip": bool(args.get("clip", False))}
+    spacing, orientation, normalization = _bundle_grid(cfg)
     card_data: dict[str, Any] = {
         "name": bundle_name(bundle, name=name),
-        "version": str(metadata.get("version") or "0.0.0"),
-        "description": str(metadata.get("description") or ""),
-        "task": task,
-        "license": str(metadata.get("license") or _guess_license(bundle) or "unknown"),
-        "authors": metadata.get("authors") or [],
-        "references": [str(r) for r in metadata.get("references") or []],
-        "intended_use": metadata.get("intended_use"),
-        "architecture": {"name": f"monai.{class_name}", "params": kwargs},
-        "spatial_dims": spatial_dims,
+        **_bundle_metadata_fields(bundle, metadata, task),
+        "architecture": {"name": f"monai.{network.class_name}", "params": network.params},
+        "spatial_dims": network.spatial_dims,
         "axis_order": "xyz",
         "channels": channels,
         "labels": {v: {"name": n, "color": default_label_color(v)} for v, n in labels.items()},
@@ -1071,13 +1136,10 @@ def import_monai_bundle(
         "normalization": normalization,
         "patch_size": tuple(reversed(roi)),
         "overlap": overlap if 0 <= overlap < 1 else 0.25,
-        "dropout": {"placement": [], "rate": dropout_rate},
+        "dropout": {"placement": [], "rate": network.dropout_rate},
         "weights": {"file": "model.safetensors", "sha256": hashlib.sha256(weights).hexdigest()},
         "files": [{"file": k, "sha256": hashlib.sha256(v).hexdigest()} for k, v in extra.items()],
         "bundle": {"config": f"bundle/{inference_path.name}"},
-        "recipe": f"MONAI bundle {metadata.get('name') or bundle.name} {metadata.get('version', '')}".strip(),
-        "metrics": metrics,
-        "monai_bundle": json.loads(json.dumps(metadata)),
     }
     card = _validate_card(card_data, source=f"card made from {metadata_path}")
     folder = Path(folder)
@@ -1086,16 +1148,15 @@ def import_monai_bundle(
     if check:
         with tempfile.TemporaryDirectory(prefix=".medseg-bundle-") as tmp:
             staged = _write_model(Path(tmp) / card.name, card, weights, extra)
-            network = staged.load_network()
-            _forward_check(network, in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims,
-                           roi=tuple(roi), where=str(bundle))
+            _forward_check(staged.load_network(), in_channels=network.in_channels, out_channels=network.out_channels,
+                           spatial_dims=network.spatial_dims, roi=tuple(roi), where=str(bundle))
     return _write_model(folder, card, weights, extra)
 
 
 # ------------------------------------------------------------------------------------ predict
 def load_pipeline(model: RegistryModel) -> BundlePipeline:
     """The stored config of an imported bundle (sha256 checked) built into its pipeline."""
-    from napari_medseg.registry import _read_checked
+    from napari_medseg.registry.weights import _read_checked
 
     card = model.card
     if card.bundle is None:

@@ -461,7 +461,7 @@ def _model_json(model: RegistryModel, key: str) -> dict[str, Any]:
     data = paths[relative].read_bytes()
     expected = next(f.sha256 for f in model.card.files if f.file == relative)
     if hashlib.sha256(data).hexdigest() != expected:
-        from napari_medseg.registry import _mismatch
+        from napari_medseg.registry.weights import _mismatch
 
         raise _mismatch(paths[relative], model.card_path, expected, hashlib.sha256(data).hexdigest())
     return json.loads(data.decode("utf-8"))

@@ -238,15 +238,12 @@ def run_remove(args: argparse.Namespace) -> int:
 
 
 def run_import_bundle(args: argparse.Namespace) -> int:
-    import tempfile
     from pathlib import Path
 
-    from napari_medseg.registry import Registry, import_monai_bundle
+    from napari_medseg.registry import Registry, add_monai_bundle, import_monai_bundle
 
     if args.out is None and args.add:
-        with tempfile.TemporaryDirectory(prefix=".medseg-import-") as tmp:
-            staged = import_monai_bundle(args.bundle, Path(tmp) / "model", name=args.name)
-            model = Registry().add(staged.folder, force=args.force)
+        model = add_monai_bundle(args.bundle, Registry(), name=args.name, force=args.force)
         print(f"imported {args.bundle} as {model.name} {model.card.version} into {model.folder}")
         return 0
     if args.out is None:

@@ -14,7 +14,6 @@ confirmation. Every change emits ``plugin_events().registry_changed`` so model p
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +43,7 @@ from napari_medseg.progress import (
     check_cancelled,
     report,
 )
-from napari_medseg.registry import Registry, RegistryModel, import_monai_bundle
+from napari_medseg.registry import Registry, RegistryModel, add_monai_bundle
 
 if TYPE_CHECKING:
     import napari
@@ -91,11 +90,9 @@ def import_bundle(bundle_dir: str | Path, registry: Registry, *, name: str | Non
     Raises
     ------
     FileFormatError, InvalidInputError, IntegrityError
-        As :func:`~napari_medseg.registry.import_monai_bundle` and :meth:`Registry.add`.
+        As :func:`~napari_medseg.registry.add_monai_bundle`.
     """
-    with tempfile.TemporaryDirectory(prefix=".medseg-import-") as tmp:
-        staged = import_monai_bundle(bundle_dir, Path(tmp) / "model", name=name)
-        return registry.add(staged.folder)
+    return add_monai_bundle(bundle_dir, registry, name=name)
 
 
 def card_text(model: RegistryModel) -> str:
