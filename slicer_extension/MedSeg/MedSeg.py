@@ -25,6 +25,10 @@ from slicer.util import VTKObservationMixin
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 POLL_MS = 500
+IMPORT_DIALOG_TITLES = {
+    "bundle": "Choose a MONAI bundle folder (configs/, models/)",
+    "nnunet": "Choose an nnU-Net v2 result folder (dataset.json, plans.json, fold_K/)",
+}
 
 
 class MedSeg(ScriptedLoadableModule):
@@ -88,6 +92,10 @@ class MedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.connect("timeout()", self.onPoll)
+        self.importTask = None
+        self.importTimer = qt.QTimer()
+        self.importTimer.setInterval(POLL_MS)
+        self.importTimer.connect("timeout()", self.onPollImport)
 
     # -- set-up ----------------------------------------------------------------------------------
     def setup(self):
@@ -102,6 +110,8 @@ class MedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.installButton.connect("clicked()", self.onInstall)
         self.ui.retryInstallButton.connect("clicked()", self.onInstall)
         self.ui.refreshModelsButton.connect("clicked()", self.refreshModels)
+        self.ui.importBundleButton.connect("clicked()", lambda: self.onImportModel("bundle"))
+        self.ui.importNnunetButton.connect("clicked()", lambda: self.onImportModel("nnunet"))
         self.ui.modelComboBox.connect("currentTextChanged(QString)", self.onModelChanged)
         self.ui.inputVolumesSelector.connect("checkedNodesChanged()", self.onModelChanged)
         self.ui.segmentButton.connect("clicked()", self.onSegment)
@@ -116,6 +126,9 @@ class MedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self):
         self.timer.stop()
+        self.importTimer.stop()
+        if self.importTask is not None:
+            self.importTask.cancel()
         self.removeObservers()
         if self._parameterNode is not None and self._guiObserver is not None:
             self._parameterNode.disconnectGui(self._guiObserver)
@@ -198,6 +211,35 @@ class MedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelComboBox.addItems(names)
             if current in names:
                 self.ui.modelComboBox.setCurrentText(current)
+
+    def onImportModel(self, kind):
+        """Ask for a folder and import it in a child process (the GUI stays responsive)."""
+        if self.logic is None or self.importTask is not None:
+            return
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), IMPORT_DIALOG_TITLES[kind])
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay("Could not start the import.", waitCursor=True):
+            self.importTask = self.logic.start_import(kind, folder)
+            self.ui.importBundleButton.enabled = self.ui.importNnunetButton.enabled = False
+            self.ui.statusLabel.text = f"Importing {folder} (building and checking the network)..."
+            self.importTimer.start()
+
+    def onPollImport(self):
+        task = self.importTask
+        if task is None or self.logic.poll_import(task):
+            self.importTimer.stop()
+        if task is None or not task.is_final:
+            return
+        self.importTask = None
+        self.ui.importBundleButton.enabled = self.ui.importNnunetButton.enabled = True
+        if task.error is not None:  # the core's one-line reason; the registry is unchanged
+            self.ui.statusLabel.text = f"Import failed: {task.error}"
+            slicer.util.errorDisplay(task.error)
+            return
+        self.refreshModels()
+        self.ui.modelComboBox.setCurrentText(task.model)
+        self.ui.statusLabel.text = f"Imported model {task.model}: it is now selectable"
 
     def onModelChanged(self, *args):
         model = self.ui.modelComboBox.currentText

@@ -117,7 +117,7 @@ def test_ui_file_is_valid_and_names_every_widget_the_module_uses():
     assert {w.get("class") for w in root.iter("widget") if not w.get("class").startswith("Q")} <= custom
 
 
-@pytest.mark.parametrize("name", ["nodes", "logic", "dependencies", "dicom_export"])
+@pytest.mark.parametrize("name", ["nodes", "logic", "dependencies", "dicom_export", "model_import"])
 def test_medseglib_imports_no_qt_and_no_application(name):
     tree = ast.parse((MODULE / "MedSegLib" / f"{name}.py").read_text())
     modules = set()

@@ -44,6 +44,7 @@ from napari_medseg.volume import (
 )
 
 from . import nodes
+from .model_import import ImportTask, start_import
 
 __all__ = ["POSTPROCESS_OPTIONS", "MedSegLogic", "Task", "TaskKind", "card_mismatches", "slice_of"]
 
@@ -246,12 +247,49 @@ class MedSegLogic:
         """:func:`card_mismatches` for a volume node and a registry model."""
         return card_mismatches(nodes.volume_from_node(volume_node), self.card(model))
 
+    def start_import(self, kind: str, folder: str | os.PathLike, *, name: str | None = None,
+                     folds: Sequence[int | str] | None = None, force: bool = False,
+                     timeout_s: float = 600.0) -> ImportTask:
+        """Start importing a MONAI bundle (``kind="bundle"``) or an nnU-Net v2 result folder
+        (``kind="nnunet"``) into the user models folder; follow it with :meth:`poll_import`.
+
+        The child runs ``medseg models import-bundle|import-nnunet FOLDER --add``
+        (:func:`napari_medseg.registry.add_monai_bundle`, :func:`~napari_medseg.registry.add_nnunet`),
+        so torch, MONAI and nnunetv2 never load into Slicer's GUI process and the GUI never waits.
+
+        Raises
+        ------
+        InvalidInputError
+            If ``kind`` is unknown or ``folder`` is not a folder (before any child starts).
+        """
+        return start_import(kind, folder, names=self.model_names, python=self.python, env=self.env, name=name,
+                            folds=folds, force=force, timeout_s=timeout_s)
+
+    def poll_import(self, task: ImportTask) -> bool:
+        """Check an import without blocking; return ``task.is_final`` (:meth:`model_names` then lists the
+        new model: the registry rescans its folders on every call)."""
+        return task.poll()
+
+    def import_bundle(self, folder: str | os.PathLike, *, name: str | None = None, force: bool = False,
+                      timeout_s: float = 600.0) -> str:
+        """Import a MONAI bundle into the user models folder, wait, and return the model's name.
+
+        Raises
+        ------
+        InvalidInputError
+            With the child's one-line reason if the bundle is refused (exit 2: a transform, inferer or
+            network that is not reproduced, pickled weights, a classification bundle, ...).
+        MedsegError
+            If the child fails otherwise.
+        """
+        return self.start_import("bundle", folder, name=name, force=force, timeout_s=timeout_s).wait()
+
     def import_nnunet(self, folder: str | os.PathLike, *, folds: Sequence[int | str] | None = None,
                       name: str | None = None, force: bool = False, timeout_s: float = 600.0) -> str:
         """Import an nnU-Net v2 result folder into the user models folder and return the model's name.
 
-        Runs ``medseg models import-nnunet FOLDER --add`` (:func:`napari_medseg.nnunet.add_nnunet`)
-        as a child process, so torch and nnunetv2 never load into Slicer's GUI process.
+        As :meth:`import_bundle`, for ``medseg models import-nnunet FOLDER --add``
+        (:func:`napari_medseg.nnunet.add_nnunet`).
 
         Raises
         ------
@@ -261,27 +299,7 @@ class MedSegLogic:
         MedsegError
             If the child fails otherwise.
         """
-        import subprocess
-        import sys
-
-        argv = [str(self.python or sys.executable), "-m", "napari_medseg.cli", "models", "import-nnunet", str(folder),
-                "--add"]
-        if folds:
-            argv += ["--folds", *map(str, folds)]
-        if name:
-            argv += ["--name", name]
-        if force:
-            argv.append("--force")
-        before = set(self.model_names())
-        proc = subprocess.run(argv, capture_output=True, text=True, encoding="utf-8", timeout=timeout_s,
-                              env={**os.environ, **self.env})
-        if proc.returncode != 0:
-            lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-            reason = lines[-1] if lines else f"exit code {proc.returncode}"
-            raise (InvalidInputError if proc.returncode == 2 else MedsegError)(f"nnU-Net import of {folder}: {reason}")
-        self._registry = None  # rescan: the user folder changed
-        added = sorted(set(self.model_names()) - before)
-        return name or (added[0] if added else proc.stdout.split(" as ", 1)[-1].split()[0])
+        return self.start_import("nnunet", folder, name=name, folds=folds, force=force, timeout_s=timeout_s).wait()
 
     # -- starting jobs ------------------------------------------------------------------------------
     def _work_dir(self, kind: str) -> Path:
