@@ -115,6 +115,7 @@ class ImportTask:
 
     @property
     def description(self) -> str:
+        """``"<MONAI bundle|nnU-Net> import of <folder>"``: how messages name this import."""
         return f"{_WHAT[self.kind]} import of {self.folder}"
 
     def poll(self) -> bool:
