@@ -180,16 +180,9 @@ def _check_pair(pred_mask: np.ndarray, ref_mask: np.ndarray, names=("pred_mask",
 
 
 def _check_spacing(spacing_mm: Sequence[float], ndim: int) -> np.ndarray:
-    try:
-        spacing = np.asarray(spacing_mm, dtype=float)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"spacing_mm={spacing_mm!r}: expected {ndim} numbers (mm, array axis order)") from None
-    if spacing.shape != (ndim,) or not np.all(np.isfinite(spacing)) or not np.all(spacing > 0):
-        raise InvalidInputError(
-            f"spacing_mm={spacing_mm!r}: expected {ndim} finite values > 0 (mm, in array axis order) "
-            f"for {ndim}D masks"
-        )
-    return spacing
+    from napari_medseg._validate import check_spacing_mm  # the one spacing check
+
+    return np.asarray(check_spacing_mm(spacing_mm, ndim), dtype=float)
 
 
 def _check_percentile(percentile: float) -> float:

@@ -140,19 +140,10 @@ def _check_labels_array(mask: Any, name: str = "mask") -> tuple[np.ndarray, np.d
 
 
 def _check_spacing(spacing_mm: Any, ndim: int | None) -> tuple[float, ...]:
-    """Validate a spacing; ``ndim`` None accepts 1 to 3 values."""
-    count = "one" if ndim is None else str(ndim)
-    try:
-        spacing = tuple(float(s) for s in spacing_mm)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"spacing_mm={spacing_mm!r}: expected {count} voxel size(s) in mm per array axis") from None
-    right_length = 1 <= len(spacing) <= 3 if ndim is None else len(spacing) == ndim
-    if not right_length or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise InvalidInputError(
-            f"spacing_mm={spacing_mm!r}: expected {count} finite voxel size(s) > 0 in mm per array axis, in "
-            "array axis order (z, y, x), e.g. Volume.spacing_zyx"
-        )
-    return spacing
+    """Validate a spacing; ``ndim`` None accepts 1 to 3 values (the one check, in ``_validate``)."""
+    from napari_medseg._validate import check_spacing_mm
+
+    return check_spacing_mm(spacing_mm, ndim)
 
 
 def _check_nonnegative(value: Any, name: str, what: str) -> float:

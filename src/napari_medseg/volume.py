@@ -36,6 +36,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from napari_medseg._options import look_up_option
+from napari_medseg._validate import check_spacing_mm
 from napari_medseg.dicom_tags import dicom_metadata, filter_metadata
 from napari_medseg.errors import FileFormatError, GeometryMismatchError, InvalidInputError
 from napari_medseg.headers import check_allocation, check_geometry_fields, check_metaimage_header, check_nrrd_header, check_regular_file, check_sitk_claim
@@ -123,8 +124,7 @@ class Geometry:
         spacing = tuple(float(s) for s in self.spacing)
         origin = tuple(float(o) for o in self.origin)
         direction = tuple(float(d) for d in self.direction)
-        if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-            raise InvalidInputError(f"spacing={self.spacing!r}: expected 3 finite values > 0 (mm, x y z order)")
+        check_spacing_mm(spacing, 3, name="spacing", order="x y z order")  # the one spacing check
         if len(origin) != 3 or not all(math.isfinite(o) for o in origin):
             raise InvalidInputError(f"origin={self.origin!r}: expected 3 finite values (mm, x y z order)")
         if len(direction) != 9 or not all(math.isfinite(d) for d in direction):

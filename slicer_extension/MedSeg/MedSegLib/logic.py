@@ -327,7 +327,7 @@ class MedSegLogic:
         argv = ["predict", *map(str, input_paths), str(out / "labels.nrrd"), "--model", str(model)]
         argv += ["--device", str(device), "--mc-samples", str(mc_samples), "--seed", str(int(seed)), "--no-progress"]
         if dropout_rate is not None:
-            argv += ["--dropout", repr(check_dropout_rate(_check_number("dropout_rate", dropout_rate, low=0.0, high=1.0)))]
+            argv += ["--dropout", repr(check_dropout_rate(dropout_rate))]
         if tta:
             argv.append("--tta")
         if probabilities:

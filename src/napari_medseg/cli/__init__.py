@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Sequence
 
 from napari_medseg import __version__
+from napari_medseg.choices import DEVICE_NAMES
 from napari_medseg.errors import CancelledError, MedsegError
 
 __all__ = ["main", "build_parser", "UsageError"]
@@ -112,24 +113,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
-def parse_labels(text: str | None, *, option: str = "--labels") -> list[int] | None:
-    """Parse ``"1,2,5"`` into ``[1, 2, 5]``; ``None`` stays ``None``.
+def device_argument(text: str) -> str:
+    """argparse ``type`` of ``--device``: a :class:`~napari_medseg.choices.Device` name (or ``cuda:N``),
+    checked without torch; an unknown name exits 2 with the choices and a "did you mean"."""
+    from napari_medseg.choices import parse_device
 
-    Raises
-    ------
-    UsageError
-        If an item is not a non-negative integer.
-    """
-    if text is None:
-        return None
-    labels = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if not item.isdigit():
-            raise UsageError(f"{option}={text!r}: expected comma-separated non-negative integers, e.g. 1,2")
-        labels.append(int(item))
-    if not labels:
-        raise UsageError(f"{option}={text!r}: no label given")
-    return labels
+    try:
+        parse_device(text, name="--device")
+    except MedsegError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--device=")) from None  # argparse names the option
+    return text.strip().lower()
+
+
+#: ``metavar`` of ``--device`` in every subcommand's help, from the one list
+DEVICE_METAVAR = "{" + ",".join(DEVICE_NAMES) + "}"
+
+
+def parse_labels(text: str | None, *, option: str = "--labels") -> list[int] | None:
+    """``--labels`` through the one label-list parser, :func:`napari_medseg._validate.parse_label_list`."""
+    from napari_medseg._validate import parse_label_list
+
+    return parse_label_list(text, name=option)

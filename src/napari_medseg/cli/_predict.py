@@ -37,11 +37,8 @@ Exit codes: 0 success, 1 internal error, 2 bad input, 130 cancelled.
 """
 
 
-#: the values of napari_medseg.inference.Device (not imported here: it pulls in torch)
-_DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from napari_medseg.cli import DEVICE_METAVAR, device_argument
     from napari_medseg.cli._batch import COHORT_HELP
 
     parser = subparsers.add_parser(
@@ -54,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("output", metavar="OUT", help="output label map; the extension picks the format (a folder for a cohort; .dcm from a DICOM folder: a DICOM SEG)")
     add_input_options(parser)
     parser.add_argument("--model", action="append", required=True, metavar="NAME", help="registry name or model folder; repeat for an ensemble")
-    parser.add_argument("--device", default="auto", choices=_DEVICES, help="where the network runs (default auto)")
+    parser.add_argument("--device", default="auto", type=device_argument, metavar=DEVICE_METAVAR, help="where the network runs (default auto: CUDA, then MPS, then the CPU; or cuda:N)")
     parser.add_argument("--overlap", type=float, metavar="F", help="patch overlap in [0, 1) (default: the card's, usually 0.25)")
     parser.add_argument("--batch-size", type=int, metavar="B", help="patches per network call (default 1 for 3D, 16 slices for 2D)")
     parser.add_argument("--mc-samples", type=int, default=0, metavar="N", help="Monte-Carlo dropout samples (default 0: deterministic)")

@@ -47,7 +47,8 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medseg.errors import InvalidInputError, MedsegError
-from napari_medseg.inference import Device, Prediction, predict
+from napari_medseg.choices import Device
+from napari_medseg.inference import Prediction, predict
 from napari_medseg.plugin._layers import (
     PROVENANCE_KEY,
     display_transform,
