@@ -289,10 +289,10 @@ def _check_output_shape(output: Path, volume) -> None:
 
 
 def _label_counts(array, values, names) -> str:
-    import numpy as np
+    from napari_medseg.label_measures import label_voxel_counts  # the one count per label
 
-    counts = np.bincount(array.ravel().astype(np.int64), minlength=max(values) + 1)
-    return ", ".join(f"{names[v]}: {int(counts[v])} voxels" for v in values if v != 0) or "no labels"
+    counts = label_voxel_counts(array)
+    return ", ".join(f"{names[v]}: {counts.get(v, 0)} voxels" for v in values if v != 0) or "no labels"
 
 
 class _progress_bar:  # noqa: N801 - a context manager used like a function
