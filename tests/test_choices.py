@@ -160,4 +160,4 @@ def test_did_you_mean_is_shared_and_keeps_the_choices_case():
     from napari_medseg.networks import build_network
 
     with pytest.raises(InvalidInputError, match="did you mean 'BasicUNet'"):
-        build_network("monai.basicunet", spatial_dims=3, in_channels=1, out_channels=2)
+        build_network("monai.BasicUNt", spatial_dims=3, in_channels=1, out_channels=2)
