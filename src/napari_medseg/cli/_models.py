@@ -167,11 +167,9 @@ def run_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info))
         return 0
-    from rich.console import Console
-
     from napari_medseg.card_summary import card_text  # what the napari Models widget shows too
 
-    Console().print(card_text(model, shadows=shadowed), markup=False, highlight=False)
+    print(card_text(model, shadows=shadowed), end="")  # plain: a console would wrap long YAML lines
     return 0
 
 
