@@ -104,10 +104,12 @@ def test_predict_ensemble_by_registry_name_with_postprocessing(run_cli, tmp_path
 
 
 def test_device_choices_match_the_enum():
-    from napari_medseg.cli._predict import _DEVICES
+    from napari_medseg.cli import build_parser
     from napari_medseg.inference import Device
 
-    assert _DEVICES == tuple(d.value for d in Device)
+    parser = build_parser()
+    for device in Device:  # predict's --device takes exactly the enum (tests/test_choices.py: the refusals)
+        assert parser.parse_args(["predict", "in.nii.gz", "out.nii.gz", "--model", "m", "--device", device.value]).device == device
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+# napari_medseg.choices.DEVICE_NAMES, written out: this file loads before napari-medseg may be
+# installed (MedSegLib.dependencies installs it); tests/test_choices.py checks the two are equal
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 POLL_MS = 500
 IMPORT_DIALOG_TITLES = {

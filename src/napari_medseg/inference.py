@@ -38,7 +38,6 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -47,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_medseg import __version__
-from napari_medseg._options import look_up_option
+from napari_medseg.choices import Device, parse_device  # Device lives in the torch-free choices; old import path kept
 from napari_medseg._validate import MAX_BATCH_SIZE  # noqa: F401 - re-exported (old name)
 from napari_medseg._validate import check_overlap as _check_overlap
 from napari_medseg._validate import check_positive_int as _check_positive_int
@@ -89,15 +88,6 @@ __all__ = [
 SIGMA_SCALE = 0.125
 
 
-class Device(StrEnum):
-    """Where the network runs: ``auto`` picks CUDA, then MPS, then the CPU."""
-
-    AUTO = "auto"
-    CPU = "cpu"
-    CUDA = "cuda"
-    MPS = "mps"
-
-
 class CardMismatchWarning(UserWarning):
     """The input differs from what the model card expects (spacing, orientation); it is adapted."""
 
@@ -112,9 +102,7 @@ def resolve_device(device: str | Device | torch.device = "auto") -> torch.device
     """
     if isinstance(device, torch.device):
         return device
-    text = str(device).strip().lower()
-    base, _, index = text.partition(":")
-    kind = look_up_option(base, Device, name="device")
+    kind, index = parse_device(device)
     cuda_ok = torch.cuda.is_available()
     mps_ok = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     if kind == Device.AUTO:
@@ -123,7 +111,9 @@ def resolve_device(device: str | Device | torch.device = "auto") -> torch.device
         raise InvalidInputError(f"device={device!r}: CUDA is not available on this machine (use 'auto' or 'cpu')")
     if kind == Device.MPS and not mps_ok:
         raise InvalidInputError(f"device={device!r}: MPS is not available on this machine (use 'auto' or 'cpu')")
-    return torch.device(f"{kind.value}:{index}" if index else kind.value)
+    if kind == Device.CUDA and index is not None and index >= torch.cuda.device_count():
+        raise InvalidInputError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device(kind.value if index is None else f"{kind.value}:{index}")
 
 
 # ------------------------------------------------------------------------------------ patch grid

@@ -86,6 +86,7 @@ from scipy.spatial import KDTree
 
 from napari_medseg._atomic import write_text_atomic
 from napari_medseg.errors import InvalidInputError
+from napari_medseg.label_measures import grow_box, label_bounding_boxes, voxel_volume_ml
 from napari_medseg.progress import (
     CancelEvent,
     ProgressCallback,
@@ -180,16 +181,9 @@ def _check_pair(pred_mask: np.ndarray, ref_mask: np.ndarray, names=("pred_mask",
 
 
 def _check_spacing(spacing_mm: Sequence[float], ndim: int) -> np.ndarray:
-    try:
-        spacing = np.asarray(spacing_mm, dtype=float)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"spacing_mm={spacing_mm!r}: expected {ndim} numbers (mm, array axis order)") from None
-    if spacing.shape != (ndim,) or not np.all(np.isfinite(spacing)) or not np.all(spacing > 0):
-        raise InvalidInputError(
-            f"spacing_mm={spacing_mm!r}: expected {ndim} finite values > 0 (mm, in array axis order) "
-            f"for {ndim}D masks"
-        )
-    return spacing
+    from napari_medseg._validate import check_spacing_mm  # the one spacing check
+
+    return np.asarray(check_spacing_mm(spacing_mm, ndim), dtype=float)
 
 
 def _check_percentile(percentile: float) -> float:
@@ -207,8 +201,7 @@ def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
     """Slices of ``mask``'s bounding box grown by ``margin`` voxels (clipped), or None if empty."""
     if not mask.any():
         return None
-    box = ndimage.find_objects(mask.view(np.uint8), max_label=1)[0]
-    return tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box, mask.shape))
+    return grow_box(label_bounding_boxes(mask)[1], margin, mask.shape)
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
@@ -591,7 +584,7 @@ def arvd(pred_mask: np.ndarray, ref_mask: np.ndarray) -> float:
 
 def _voxel_volume_ml(spacing: np.ndarray) -> float:
     # a 2D mask is one slice 1 mm thick (mm^2 * 1 mm), as a 2D image read into a Volume
-    return float(np.prod(spacing)) / 1000.0
+    return voxel_volume_ml(spacing)
 
 
 def volume_ml(mask: np.ndarray, *, spacing_mm: Sequence[float]) -> float:
@@ -627,29 +620,14 @@ def volume_ml(mask: np.ndarray, *, spacing_mm: Sequence[float]) -> float:
 
 
 # ---------------------------------------------------------------------------------------- per label
-# find_objects keeps one list entry per value up to the largest label; above this, find each
-# present label with np.unique instead
-_FIND_OBJECTS_MAX_LABEL = 1 << 20
-
-
 def _label_boxes(labels: np.ndarray) -> dict[int, tuple[slice, ...]]:
-    """Bounding box of every non-zero label present, in one pass for ordinary label values."""
-    if labels.size == 0:
-        return {}
-    if int(labels.max()) <= _FIND_OBJECTS_MAX_LABEL:
-        return {i + 1: box for i, box in enumerate(ndimage.find_objects(labels)) if box is not None}
-    boxes = {}
-    for value in np.unique(labels):
-        if value != 0:
-            boxes[int(value)] = ndimage.find_objects((labels == value).view(np.uint8), max_label=1)[0]
-    return boxes
+    """Bounding box of every non-zero label present (the one box function, in label_measures)."""
+    return label_bounding_boxes(labels)
 
 
 def _union_box(boxes: list[tuple[slice, ...]], shape: tuple[int, ...], margin: int) -> tuple[slice, ...]:
-    return tuple(
-        slice(max(min(b[axis].start for b in boxes) - margin, 0), min(max(b[axis].stop for b in boxes) + margin, n))
-        for axis, n in enumerate(shape)
-    )
+    union = tuple(slice(min(b[axis].start for b in boxes), max(b[axis].stop for b in boxes)) for axis in range(len(shape)))
+    return grow_box(union, margin, shape)
 
 
 def _check_labels(labels: Iterable[int] | None) -> list[int] | None:

@@ -97,6 +97,13 @@ def write_multivolume(series: MultiVolume, path: str | os.PathLike, *, compress:
         If the system refuses or cuts the write (no space, quota, file size limit, read-only,
         permission); an existing file at ``path`` is then byte-identical and no temporary is left.
     """
+    from napari_medseg.volume import quiet_itk_warnings
+
+    with quiet_itk_warnings():  # as write_volume: ITK's header warnings off for this write only
+        return _write_multivolume(series, path, compress=compress)
+
+
+def _write_multivolume(series: MultiVolume, path: str | os.PathLike, *, compress: bool) -> Path:
     import SimpleITK as sitk
 
     from napari_medseg.outputs import check_output_name, write_file

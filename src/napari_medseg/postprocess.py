@@ -72,6 +72,8 @@ from scipy import ndimage as ndi
 
 from napari_medseg._atomic import write_text_atomic
 from napari_medseg._options import look_up_option
+from napari_medseg.label_measures import grow_box, label_bounding_boxes
+from napari_medseg.label_measures import label_volumes_ml, label_voxel_counts  # public here too (old home)
 from napari_medseg.errors import FileFormatError, InvalidInputError
 from napari_medseg.progress import (
     CancelEvent,
@@ -107,8 +109,6 @@ __all__ = [
 #: Offsets at a distance <= radius * (1 + _REL_TOL) belong to a structuring element, and a component
 #: whose volume is >= min_size * (1 - _REL_TOL) is kept: exact ties survive float rounding.
 _REL_TOL = 1e-9
-#: Label values above this are mapped to consecutive codes before finding bounding boxes.
-_MAX_DIRECT_LABEL = 1 << 16
 
 
 class PostprocessOp(StrEnum):
@@ -140,19 +140,10 @@ def _check_labels_array(mask: Any, name: str = "mask") -> tuple[np.ndarray, np.d
 
 
 def _check_spacing(spacing_mm: Any, ndim: int | None) -> tuple[float, ...]:
-    """Validate a spacing; ``ndim`` None accepts 1 to 3 values."""
-    count = "one" if ndim is None else str(ndim)
-    try:
-        spacing = tuple(float(s) for s in spacing_mm)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"spacing_mm={spacing_mm!r}: expected {count} voxel size(s) in mm per array axis") from None
-    right_length = 1 <= len(spacing) <= 3 if ndim is None else len(spacing) == ndim
-    if not right_length or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise InvalidInputError(
-            f"spacing_mm={spacing_mm!r}: expected {count} finite voxel size(s) > 0 in mm per array axis, in "
-            "array axis order (z, y, x), e.g. Volume.spacing_zyx"
-        )
-    return spacing
+    """Validate a spacing; ``ndim`` None accepts 1 to 3 values (the one check, in ``_validate``)."""
+    from napari_medseg._validate import check_spacing_mm
+
+    return check_spacing_mm(spacing_mm, ndim)
 
 
 def _check_nonnegative(value: Any, name: str, what: str) -> float:
@@ -239,23 +230,11 @@ def ellipsoid_footprint(radius_mm: float, spacing_mm: Sequence[float]) -> np.nda
 
 # ----------------------------------------------------------------------------------- per-label core
 def _label_boxes(work: np.ndarray) -> dict[int, tuple[slice, ...]]:
-    """Bounding box of every non-zero label value present."""
-    if work.size == 0:
-        return {}
-    max_label = int(work.max())
-    if max_label == 0:
-        return {}
-    if max_label <= _MAX_DIRECT_LABEL:
-        boxes = ndi.find_objects(work if work.dtype != np.uint64 else work.astype(np.int64))
-        return {i + 1: box for i, box in enumerate(boxes) if box is not None}
-    values, inverse = np.unique(work, return_inverse=True)
-    codes = inverse.reshape(work.shape).astype(np.int64) + 1
-    boxes = ndi.find_objects(codes)
-    return {int(v): box for v, box in zip(values, boxes) if v != 0 and box is not None}
+    """Bounding box of every non-zero label value present (the one box function, in label_measures)."""
+    return label_bounding_boxes(work)
 
 
-def _grow(box: tuple[slice, ...], margin: Sequence[int], shape: Sequence[int]) -> tuple[slice, ...]:
-    return tuple(slice(max(0, b.start - m), min(n, b.stop + m)) for b, m, n in zip(box, margin, shape))
+_grow = grow_box
 
 
 MaskOp = Callable[[np.ndarray], np.ndarray]
@@ -726,55 +705,6 @@ def keep_largest_components(
     _check_connectivity(connectivity, work.ndim)
     selection = _check_selection(labels)
     return _finish(_components_op(work, (1.0,) * work.ndim, int(connectivity), selection, keep_n=keep_n), out_dtype)
-
-
-def label_voxel_counts(labels: np.ndarray) -> dict[int, int]:
-    """Number of voxels of each non-zero label present, in increasing label order.
-
-    Raises
-    ------
-    InvalidInputError
-        If ``labels`` is not a valid 2D/3D label array.
-    """
-    work, _ = _check_labels_array(labels, name="labels")
-    if work.size == 0:
-        return {}
-    if int(work.max()) <= _MAX_DIRECT_LABEL:
-        counts = np.bincount(work.ravel())
-        return {int(v): int(c) for v, c in enumerate(counts) if v != 0 and c}
-    values, counts = np.unique(work, return_counts=True)
-    return {int(v): int(c) for v, c in zip(values, counts) if v != 0}
-
-
-def label_volumes_ml(labels: np.ndarray, *, spacing_mm: Sequence[float]) -> dict[int, float]:
-    """Volume in millilitres (1 mL = 1000 mm^3) of each non-zero label present.
-
-    Parameters
-    ----------
-    labels : numpy.ndarray
-        Label array ``(z, y, x)`` (or ``(y, x)``) of non-negative integers.
-    spacing_mm : sequence of float
-        Voxel size in mm per array axis.
-
-    Returns
-    -------
-    dict of int to float
-        Label value -> volume in mL, in increasing label order; absent labels are not listed.
-
-    Raises
-    ------
-    InvalidInputError
-        If ``labels`` is not a valid label array or ``spacing_mm`` is invalid.
-
-    Examples
-    --------
-    >>> label_volumes_ml(np.ones((10, 10, 10), dtype=np.uint8), spacing_mm=(2.0, 1.0, 0.5))
-    {1: 1.0}
-    """
-    work, _ = _check_labels_array(labels, name="labels")
-    spacing = _check_spacing(spacing_mm, work.ndim)
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    return {value: count * voxel_ml for value, count in label_voxel_counts(work).items()}
 
 
 # ---------------------------------------------------------------------------------------- chain

@@ -33,6 +33,7 @@ from torch import nn
 from napari_medseg.errors import InvalidInputError
 from napari_medseg.networks import dropout_layers
 from napari_medseg._validate import MAX_MC_SAMPLES, check_dropout_rate, check_mc_samples  # torch-free; old names kept
+from napari_medseg._validate import check_spacing_mm
 
 __all__ = [
     "UncertaintyKind",
@@ -270,13 +271,7 @@ class UncertainRegion:
 
 
 def _check_spacing(spacing_mm: Sequence[float], ndim: int) -> tuple[float, ...]:
-    try:
-        spacing = tuple(float(s) for s in spacing_mm)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"spacing_mm={spacing_mm!r}: expected {ndim} values > 0 (mm, array order)") from None
-    if len(spacing) != ndim or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise InvalidInputError(f"spacing_mm={spacing_mm!r}: expected {ndim} finite values > 0 (mm, array order)")
-    return spacing
+    return check_spacing_mm(spacing_mm, ndim)  # the one spacing check (napari_medseg._validate)
 
 
 def uncertain_regions(

@@ -26,6 +26,7 @@ import locale
 import math
 import os
 import shutil
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from napari_medseg._options import look_up_option
+from napari_medseg._validate import check_spacing_mm
 from napari_medseg.dicom_tags import dicom_metadata, filter_metadata
 from napari_medseg.errors import FileFormatError, GeometryMismatchError, InvalidInputError
 from napari_medseg.headers import check_allocation, check_geometry_fields, check_metaimage_header, check_nrrd_header, check_regular_file, check_sitk_claim
@@ -123,8 +125,7 @@ class Geometry:
         spacing = tuple(float(s) for s in self.spacing)
         origin = tuple(float(o) for o in self.origin)
         direction = tuple(float(d) for d in self.direction)
-        if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-            raise InvalidInputError(f"spacing={self.spacing!r}: expected 3 finite values > 0 (mm, x y z order)")
+        check_spacing_mm(spacing, 3, name="spacing", order="x y z order")  # the one spacing check
         if len(origin) != 3 or not all(math.isfinite(o) for o in origin):
             raise InvalidInputError(f"origin={self.origin!r}: expected 3 finite values (mm, x y z order)")
         if len(direction) != 9 or not all(math.isfinite(d) for d in direction):
@@ -447,16 +448,47 @@ def _kept_metadata(image: sitk.Image | sitk.ImageFileReader, *, keep_dicom_tags:
     return filter_metadata(kept, keep_dicom_tags=keep_dicom_tags)
 
 
+_itk_quiet_lock = threading.Lock()
+_itk_quiet_depth = 0
+_itk_saved_display = True
+
+
+@contextlib.contextmanager
+def quiet_itk_warnings():
+    """Switch ITK's warning display off for the block, then back to what it was.
+
+    ITK prints warnings for harmless header quirks (e.g. non-orthogonal qform rounding) to stderr;
+    our reads and writes silence them, but only for themselves: the setting belongs to the host
+    process (Slicer, napari, a script), so it is restored when the last of any overlapping blocks
+    (other threads' reads) ends.
+    """
+    global _itk_quiet_depth, _itk_saved_display
+    with _itk_quiet_lock:
+        if _itk_quiet_depth == 0:
+            _itk_saved_display = bool(sitk.ProcessObject.GetGlobalWarningDisplay())
+            sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        _itk_quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _itk_quiet_lock:
+            _itk_quiet_depth -= 1
+            if _itk_quiet_depth == 0:
+                sitk.ProcessObject.SetGlobalWarningDisplay(_itk_saved_display)
+
+
 def _keeps_locale(function):
     """Restore the process locale after ``function``: GDCM (SimpleITK's DICOM IO) sets it to "C",
     which would silently switch Python's default text encoding to ASCII for the rest of the process
-    (a napari session, a test run) after the first DICOM read or write."""
+    (a napari session, a test run) after the first DICOM read or write. ITK's warnings are off
+    during ``function`` only (:func:`quiet_itk_warnings`)."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         saved = locale.setlocale(locale.LC_ALL)
         try:
-            return function(*args, **kwargs)
+            with quiet_itk_warnings():
+                return function(*args, **kwargs)
         finally:
             if locale.setlocale(locale.LC_ALL) != saved:
                 with contextlib.suppress(locale.Error):
@@ -1203,7 +1235,3 @@ def check_same_grid(a: Volume, b: Volume, *, names: tuple[str, str] = ("first", 
     if problems:
         raise GeometryMismatchError(f"{names[0]} and {names[1]} are not on the same grid: " + "; ".join(problems))
 
-
-with contextlib.suppress(Exception):
-    # ITK prints warnings for harmless header quirks (e.g. non-orthogonal qform rounding) to stderr
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)

@@ -82,7 +82,7 @@ def test_card_summary_and_registry_refresh(make_napari_viewer, qtbot, tiny_model
     viewer = make_napari_viewer()
     widget = _widget(viewer, qtbot)
     text = widget.card_label.text()
-    for expected in ("tiny-seg", "T1 (MR)", "tissue1", "tissue2", "#ff0000", "1 &times; 1 &times; 2 mm",
+    for expected in ("tiny-seg", "T1 (MR)", "tissue1", "tissue2", "#ff0000", "1 x 1 x 2 mm (x, y, z)",
                      "decoder, head", "rate 0.2", "dice_tissue1 0.5"):
         assert expected in text, expected
     write_tiny_model(medseg_env.models, name="other-seg", labels=(0, 1))

@@ -229,19 +229,9 @@ class MedSegLogic:
 
     def describe_card(self, model: str) -> str:
         """A few lines about a model for the widget: task, channels, labels, spacing, metrics."""
-        card = self.card(model)
-        lines = [f"{card.name} {card.version}: {card.description}"]
-        lines.append("channels: " + ", ".join(f"{c.name} ({c.modality})" for c in card.channels))
-        lines.append("labels: " + ", ".join(f"{v} {card.labels[v].name}" for v in card.label_values if v != 0))
-        if card.spacing is not None:
-            lines.append("spacing: " + " x ".join(f"{s:g}" for s in card.spacing) + " mm")
-        if card.orientation:
-            lines.append(f"orientation: {card.orientation}")
-        if card.dropout is not None:
-            lines.append(f"dropout: {card.dropout.rate:g} in {', '.join(map(str, card.dropout.placement))}")
-        if card.metrics:
-            lines.append("metrics: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in card.metrics.items()))
-        return "\n".join(lines)
+        from napari_medseg.card_summary import card_summary_text  # the one card summary of every face
+
+        return card_summary_text(self.card(model))
 
     def mismatch_warnings(self, volume_node, model: str) -> list[str]:
         """:func:`card_mismatches` for a volume node and a registry model."""
@@ -345,7 +335,7 @@ class MedSegLogic:
         argv = ["predict", *map(str, input_paths), str(out / "labels.nrrd"), "--model", str(model)]
         argv += ["--device", str(device), "--mc-samples", str(mc_samples), "--seed", str(int(seed)), "--no-progress"]
         if dropout_rate is not None:
-            argv += ["--dropout", repr(check_dropout_rate(_check_number("dropout_rate", dropout_rate, low=0.0, high=1.0)))]
+            argv += ["--dropout", repr(check_dropout_rate(dropout_rate))]
         if tta:
             argv.append("--tta")
         if probabilities:

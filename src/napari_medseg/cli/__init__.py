@@ -20,27 +20,61 @@ import warnings
 from collections.abc import Sequence
 
 from napari_medseg import __version__
+from napari_medseg.choices import DEVICE_NAMES
 from napari_medseg.errors import CancelledError, MedsegError
 
 __all__ = ["main", "build_parser", "UsageError"]
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
 
-# modules under napari_medseg.cli that each add subcommands, in the order --help lists them
-_COMMAND_MODULES = (
-    "_volume_commands",
-    "_evaluate",
-    "_postprocess",
-    "_register",
-    "_models",
-    "_predict",
-    "_train",
-    "_jobs",
-)
+# modules under napari_medseg.cli that each add subcommands, in the order --help lists them, with
+# the subcommands each adds: a module that cannot be imported still lists its commands, which then
+# say why they cannot run (tests/test_cli_imports.py checks this table against the parser)
+_COMMAND_MODULES = {
+    "_volume_commands": ("info", "convert", "sample-data"),
+    "_evaluate": ("evaluate",),
+    "_postprocess": ("postprocess",),
+    "_register": ("register",),
+    "_models": ("models",),
+    "_predict": ("predict",),
+    "_train": ("train", "finetune", "refine"),
+    "_jobs": ("jobs",),
+}
 
 
 class UsageError(MedsegError):
     """A command-line argument is wrong."""
+
+
+class MissingDependencyError(MedsegError):
+    """A command needs a Python package that cannot be imported here (missing or broken install)."""
+
+
+def _is_ours(exc: ImportError) -> bool:
+    """Whether the import that failed is one of napari-medseg's own modules (then it is a bug)."""
+    return (exc.name or "").split(".")[0] == __name__.split(".")[0]
+
+
+def _dependency_message(exc: ImportError) -> str:
+    package = (exc.name or "").split(".")[0]
+    what = f"the Python package {package!r}" if package else "a Python package"
+    return f"this command needs {what}, which cannot be imported ({exc}); install it into this environment"
+
+
+def _add_unavailable(subparsers: argparse._SubParsersAction, command: str, exc: ImportError) -> None:
+    """Register ``command`` so that running it says which dependency is missing (exit 2)."""
+
+    def unavailable(args: argparse.Namespace) -> None:
+        raise MissingDependencyError(_dependency_message(exc))
+
+    if command in subparsers.choices:  # its module failed half-way through add_parser
+        subparsers.choices[command].set_defaults(func=unavailable)
+        return
+    # no option prefix: every argument, --help too, reaches the handler, which says what is missing
+    parser = subparsers.add_parser(command, help=f"(unavailable: cannot import {exc.name or exc})", add_help=False,
+                                   prefix_chars="\0")
+    parser.add_argument("arguments", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    parser.set_defaults(func=unavailable)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,14 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"napari-medseg {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
-    for name in _COMMAND_MODULES:
+    for name, commands in _COMMAND_MODULES.items():
         try:
-            module = importlib.import_module(f"napari_medseg.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"napari_medseg.cli.{name}":
-                continue  # that face of the CLI is not part of this build yet
-            raise
-        module.add_parser(subparsers)
+            importlib.import_module(f"napari_medseg.cli.{name}").add_parser(subparsers)
+        except ImportError as exc:
+            if _is_ours(exc):
+                raise  # our own module is missing or broken: a bug, never a silently missing command
+            for command in commands:  # a dependency is missing: the commands stay, and say so when run
+                _add_unavailable(subparsers, command, exc)
     return parser
 
 
@@ -92,6 +126,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"medseg {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except ImportError as exc:
+        # a package imported when the command runs (torch, rich...) is missing: the user's install,
+        # not a bug, unless the module is one of ours (then it is reported as an internal error)
+        if os.environ.get("MEDSEG_DEBUG"):
+            raise
+        if _is_ours(exc):
+            print(f"medseg {args.command}: internal error: {type(exc).__name__}: {exc} "
+                  "(run with MEDSEG_DEBUG=1 for the traceback and please report it)", file=sys.stderr)
+            return EXIT_INTERNAL
+        print(f"medseg {args.command}: error: {_dependency_message(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except OSError as exc:
         # the user's system (no space, permission, read-only, another file system), not a bug
         if os.environ.get("MEDSEG_DEBUG"):
@@ -112,24 +157,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
-def parse_labels(text: str | None, *, option: str = "--labels") -> list[int] | None:
-    """Parse ``"1,2,5"`` into ``[1, 2, 5]``; ``None`` stays ``None``.
+def device_argument(text: str) -> str:
+    """argparse ``type`` of ``--device``: a :class:`~napari_medseg.choices.Device` name (or ``cuda:N``),
+    checked without torch; an unknown name exits 2 with the choices and a "did you mean"."""
+    from napari_medseg.choices import parse_device
 
-    Raises
-    ------
-    UsageError
-        If an item is not a non-negative integer.
-    """
-    if text is None:
-        return None
-    labels = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if not item.isdigit():
-            raise UsageError(f"{option}={text!r}: expected comma-separated non-negative integers, e.g. 1,2")
-        labels.append(int(item))
-    if not labels:
-        raise UsageError(f"{option}={text!r}: no label given")
-    return labels
+    try:
+        parse_device(text, name="--device")
+    except MedsegError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--device=")) from None  # argparse names the option
+    return text.strip().lower()
+
+
+#: ``metavar`` of ``--device`` in every subcommand's help, from the one list
+DEVICE_METAVAR = "{" + ",".join(DEVICE_NAMES) + "}"
+
+
+def parse_labels(text: str | None, *, option: str = "--labels") -> list[int] | None:
+    """``--labels`` through the one label-list parser, :func:`napari_medseg._validate.parse_label_list`."""
+    from napari_medseg._validate import parse_label_list
+
+    return parse_label_list(text, name=option)

@@ -97,21 +97,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _summary(model) -> dict:
-    card = model.card
-    return {
-        "name": card.name,
-        "version": card.version,
-        "task": card.task,
-        "description": card.description,
-        "architecture": card.architecture.name,
-        "spatial_dims": card.spatial_dims,
-        "channels": [c.modality for c in card.channels],
-        "labels": {str(v): card.labels[v].name for v in card.label_values},
-        "license": card.license,
-        "sha256": model.sha256,
-        "source": model.source.value,
-        "folder": str(model.folder),
-    }
+    from napari_medseg.card_summary import model_summary  # the one card summary of every face
+
+    return model_summary(model)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -179,15 +167,9 @@ def run_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info))
         return 0
-    from rich.console import Console
+    from napari_medseg.card_summary import card_text  # what the napari Models widget shows too
 
-    from napari_medseg.registry import _card_to_yaml
-
-    console = Console()
-    console.print(f"{model.name} {model.card.version} ({model.source.value}: {model.folder})", markup=False)
-    for folder in shadowed:
-        console.print(f"  shadows {folder}", markup=False)
-    console.print(_card_to_yaml(model.card), markup=False, highlight=False)
+    print(card_text(model, shadows=shadowed), end="")  # plain: a console would wrap long YAML lines
     return 0
 
 

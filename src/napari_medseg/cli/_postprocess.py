@@ -56,22 +56,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_postprocess)
 
 
-def _summary(before: dict[int, int], after: dict[int, int], voxel_mm3: float) -> dict[str, dict[str, float]]:
+def _summary(before: dict[int, int], after: dict[int, int], voxel_ml: float) -> dict[str, dict[str, float]]:
     rows = {}
     for value in sorted(set(before) | set(after)):
         n_before, n_after = before.get(value, 0), after.get(value, 0)
         rows[str(value)] = {
             "voxels_before": n_before,
-            "ml_before": n_before * voxel_mm3 / 1000.0,
+            "ml_before": n_before * voxel_ml,
             "voxels_after": n_after,
-            "ml_after": n_after * voxel_mm3 / 1000.0,
+            "ml_after": n_after * voxel_ml,
         }
     return rows
 
 
 def run_postprocess(args: argparse.Namespace) -> None:
     from napari_medseg.cli import UsageError, parse_labels
-    from napari_medseg.postprocess import PostprocessChain, chain_from_options, label_voxel_counts, postprocess
+    from napari_medseg.label_measures import label_voxel_counts, voxel_volume_ml
+    from napari_medseg.postprocess import PostprocessChain, chain_from_options, postprocess
     from napari_medseg.volume import write_volume
 
     flags = {
@@ -117,7 +118,7 @@ def run_postprocess(args: argparse.Namespace) -> None:
     after = label_voxel_counts(result.array)
     out = write_volume(result, args.output)
 
-    summary = _summary(before, after, volume.geometry.voxel_volume_mm3)
+    summary = _summary(before, after, voxel_volume_ml(volume.spacing_zyx))
     if args.json:
         print(json.dumps({"input": str(args.input), "output": str(out), "chain": chain.to_list(), "labels": summary}))
         return

@@ -37,11 +37,8 @@ Exit codes: 0 success, 1 internal error, 2 bad input, 130 cancelled.
 """
 
 
-#: the values of napari_medseg.inference.Device (not imported here: it pulls in torch)
-_DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from napari_medseg.cli import DEVICE_METAVAR, device_argument
     from napari_medseg.cli._batch import COHORT_HELP
 
     parser = subparsers.add_parser(
@@ -54,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("output", metavar="OUT", help="output label map; the extension picks the format (a folder for a cohort; .dcm from a DICOM folder: a DICOM SEG)")
     add_input_options(parser)
     parser.add_argument("--model", action="append", required=True, metavar="NAME", help="registry name or model folder; repeat for an ensemble")
-    parser.add_argument("--device", default="auto", choices=_DEVICES, help="where the network runs (default auto)")
+    parser.add_argument("--device", default="auto", type=device_argument, metavar=DEVICE_METAVAR, help="where the network runs (default auto: CUDA, then MPS, then the CPU; or cuda:N)")
     parser.add_argument("--overlap", type=float, metavar="F", help="patch overlap in [0, 1) (default: the card's, usually 0.25)")
     parser.add_argument("--batch-size", type=int, metavar="B", help="patches per network call (default 1 for 3D, 16 slices for 2D)")
     parser.add_argument("--mc-samples", type=int, default=0, metavar="N", help="Monte-Carlo dropout samples (default 0: deterministic)")
@@ -292,10 +289,10 @@ def _check_output_shape(output: Path, volume) -> None:
 
 
 def _label_counts(array, values, names) -> str:
-    import numpy as np
+    from napari_medseg.label_measures import label_voxel_counts  # the one count per label
 
-    counts = np.bincount(array.ravel().astype(np.int64), minlength=max(values) + 1)
-    return ", ".join(f"{names[v]}: {int(counts[v])} voxels" for v in values if v != 0) or "no labels"
+    counts = label_voxel_counts(array)
+    return ", ".join(f"{names[v]}: {counts.get(v, 0)} voxels" for v in values if v != 0) or "no labels"
 
 
 class _progress_bar:  # noqa: N801 - a context manager used like a function

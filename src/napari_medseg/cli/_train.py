@@ -20,6 +20,8 @@ def _job_support(parser: argparse.ArgumentParser) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
+    from napari_medseg.cli import DEVICE_METAVAR, device_argument
+
     parser.add_argument("--config", help="YAML training config (see 'medseg train --print-config')")
     parser.add_argument("--data", help="dataset folder (imagesTr/labelsTr) or CSV of image,label[,patient]")
     parser.add_argument("--output", help="run folder for checkpoints, logs and the exported model")
@@ -29,7 +31,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learning-rate", type=float, help="base learning rate")
     parser.add_argument("--loss", help="loss name (ce, topk_ce, dice, focal, tversky, focal_tversky, cosine_tversky, combo, mixed_focal, unified_focal)")
     parser.add_argument("--mixup-alpha", type=float, help="mixup Beta(alpha, alpha); 0 disables (paper: 0.5)")
-    parser.add_argument("--device", help="auto | cpu | cuda | mps")
+    parser.add_argument("--device", type=device_argument, metavar=DEVICE_METAVAR, help="where training runs (default: the config's, auto)")
     parser.add_argument("--seed", type=int, help="seed of every random choice")
     parser.add_argument("--name", help="name of the exported registry model")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")

@@ -19,7 +19,6 @@ layer (:func:`split_network`), which lets Monte-Carlo dropout reuse the determin
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable, Sequence
 
@@ -91,15 +90,6 @@ def _check_params(name: str, params: dict, accepted: set[str]) -> None:
             )
 
 
-def _close_cased(value: str, choices: list[str]) -> str:
-    """``" (did you mean 'X'?)"`` keeping the choices' case (class names)."""
-    by_lower: dict[str, str] = {}
-    for c in choices:
-        by_lower.setdefault(c.lower(), c)
-    close = difflib.get_close_matches(value.lower(), list(by_lower), n=3, cutoff=0.5)
-    return (" (did you mean " + " or ".join(repr(by_lower[c]) for c in close) + "?)") if close else ""
-
-
 def _build_monai(class_name: str, *, spatial_dims: int, in_channels: int, out_channels: int,
                  dropout_rate: float, dropout_placement: Sequence[str], params: dict) -> nn.Module:
     import monai.networks.nets as nets
@@ -108,7 +98,7 @@ def _build_monai(class_name: str, *, spatial_dims: int, in_channels: int, out_ch
     cls = getattr(nets, class_name, None)
     if cls is None or class_name not in available:
         raise InvalidInputError(
-            f"network 'monai.{class_name}': monai.networks.nets has no network {class_name!r}{_close_cased(class_name, available)}"
+            f"network 'monai.{class_name}': monai.networks.nets has no network {class_name!r}{close_matches_message(class_name, available)}"
         )
     accepted = {n for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self"}
     _check_params(f"monai.{class_name}", params, accepted)

@@ -156,7 +156,7 @@ class EvaluateWidget(QWidget):
                 raise InvalidInputError("choose a prediction and a reference Labels layer")
             if pred_layer is ref_layer:
                 raise InvalidInputError(f"the prediction and the reference are the same layer {pred_layer.name!r}")
-            labels = parse_label_list(self.labels_edit.text(), name="labels")
+            labels = parse_label_list(self.labels_edit.text().strip() or None, name="labels")  # empty: every label
             pred, ref = volume_from_layer(pred_layer), volume_from_layer(ref_layer)
         except InvalidInputError as exc:
             notify_error(exc, what="Evaluation")

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -35,6 +34,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_medseg.card_summary import card_text, spacing_text  # the one card summary; card_text importable from here
 from napari_medseg.errors import FileFormatError, IntegrityError, InvalidInputError
 from napari_medseg.plugin._widgets import close_when_undocked, set_cell
 from napari_medseg.progress import (
@@ -93,19 +93,6 @@ def import_bundle(bundle_dir: str | Path, registry: Registry, *, name: str | Non
         As :func:`~napari_medseg.registry.add_monai_bundle`.
     """
     return add_monai_bundle(bundle_dir, registry, name=name)
-
-
-def card_text(model: RegistryModel) -> str:
-    """Every field of the model's card as readable YAML, after a line saying where it comes from."""
-    data = model.card.model_dump(mode="json", exclude_none=True)
-    data["labels"] = {int(k): v for k, v in data["labels"].items()}
-    header = f"# {model.name} {model.card.version} ({model.source.value}: {model.folder})\n"
-    return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=None)
-
-
-def _spacing_text(model: RegistryModel) -> str:
-    spacing = model.card.spacing
-    return "any" if spacing is None else " x ".join(f"{s:g}" for s in spacing)
 
 
 class ModelsWidget(QWidget):
@@ -202,7 +189,7 @@ class ModelsWidget(QWidget):
                 card.version,
                 model.source.value,
                 ", ".join(f"{v}: {card.labels[v].name}" for v in card.label_values),
-                _spacing_text(model),
+                spacing_text(model.card),
                 model.sha256[:12],
                 str(model.folder),
                 self.verified.get(model.name, ""),

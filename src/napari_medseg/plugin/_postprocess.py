@@ -57,6 +57,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_medseg._validate import parse_label_list  # the one label-list parser; importable from here (old name)
 from napari_medseg.errors import InvalidInputError
 from napari_medseg.plugin._widgets import (
     PREVIEW_KEY,
@@ -126,30 +127,6 @@ def label_names(layer: Any) -> dict[int, str]:
             except (TypeError, ValueError):
                 continue
     return names
-
-
-def parse_label_list(text: str | None, *, name: str = "labels") -> list[int] | None:
-    """Parse ``"1, 2"`` into ``[1, 2]``; an empty text or ``"all"`` means every label (None).
-
-    Raises
-    ------
-    InvalidInputError
-        If an item is not an integer >= 1 (the message names ``name`` and the text).
-    """
-    stripped = (text or "").strip()
-    if not stripped or stripped.lower() == "all":
-        return None
-    values = []
-    for item in stripped.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if not item.isdigit() or int(item) < 1:
-            raise InvalidInputError(f"{name}={text!r}: expected 'all' or comma-separated label values >= 1, e.g. 1,2")
-        values.append(int(item))
-    if not values:
-        raise InvalidInputError(f"{name}={text!r}: expected 'all' or comma-separated label values >= 1, e.g. 1,2")
-    return values
 
 
 def postprocess_with_volumes(
@@ -401,7 +378,8 @@ class PostprocessWidget(QWidget):
             step[param] = int(round(number)) if param == "n" else float(number)
         if labels is None:
             labels = self.labels_edit.text()
-        selection = parse_label_list(labels, name="labels") if isinstance(labels, str) else list(labels)
+        # an empty field means every label (the shared parser refuses an empty text, as the CLI does)
+        selection = parse_label_list(labels.strip() or None, name="labels") if isinstance(labels, str) else list(labels)
         if selection is not None:
             step["labels"] = selection
         return step

@@ -47,7 +47,8 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medseg.errors import InvalidInputError, MedsegError
-from napari_medseg.inference import Device, Prediction, predict
+from napari_medseg.choices import Device
+from napari_medseg.inference import Prediction, predict
 from napari_medseg.plugin._layers import (
     PROVENANCE_KEY,
     display_transform,
@@ -182,27 +183,23 @@ def _rgb_hex(colour: Sequence[float]) -> str:
 
 
 def card_summary_html(card: ModelCard) -> str:
-    """A read-only HTML summary of a model card: labels with colours, spacing, orientation, channels,
-    patch, dropout and metrics."""
+    """:func:`napari_medseg.card_summary.card_facts` as read-only HTML, the labels with their colours."""
+    from napari_medseg.card_summary import card_facts
+
     e = html.escape
-    rows = [f"<b>{e(card.name)}</b> {e(card.version)} &mdash; {e(card.task)}"]
-    if card.description:
-        rows.append(f"<i>{e(card.description)}</i>")
-    channels = ", ".join(f"{e(c.name)} ({e(c.modality)})" for c in card.channels)
-    rows.append(f"Channels: {channels}")
-    labels = " ".join(
-        f"<span style='color:{_rgb_hex(spec.color)}'>&#9632;</span>&nbsp;{e(spec.name)}&nbsp;({value})"
-        for value, spec in card.labels.items()
-    )
-    rows.append(f"Labels: {labels}")
-    spacing = " &times; ".join(f"{s:g}" for s in card.spacing) + " mm (x, y, z)" if card.spacing else "the input's own"
-    orientation = card.orientation or "the input's own"
-    rows.append(f"Spacing: {spacing}; orientation: {e(orientation)}")
-    rows.append(f"{card.spatial_dims}D, patch {' &times; '.join(map(str, card.patch_size))}, overlap {card.overlap:g}")
-    placement = ", ".join(str(p) for p in card.dropout.placement) or "none"
-    rows.append(f"Dropout: {e(placement)}, rate {card.dropout.rate:g}")
-    if card.metrics:
-        rows.append("Metrics: " + ", ".join(f"{e(k)} {v:.3g}" for k, v in card.metrics.items()))
+    rows = []
+    for title, text in card_facts(card):
+        if title == "model":
+            rows.append(f"<b>{e(text)}</b>")
+        elif title == "description":
+            rows.append(f"<i>{e(text)}</i>")
+        elif title == "labels":  # every label with its colour swatch (the background too: it has one)
+            rows.append("Labels: " + " ".join(
+                f"<span style='color:{_rgb_hex(spec.color)}'>&#9632;</span>&nbsp;{e(spec.name)}&nbsp;({value})"
+                for value, spec in card.labels.items()
+            ))
+        else:
+            rows.append(f"{e(title.capitalize())}: {e(text)}")
     return "<br>".join(rows)
 
 

@@ -43,6 +43,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_medseg.choices import DEVICE_NAMES
 from napari_medseg.errors import InvalidInputError
 from napari_medseg.jobs import EventType, Job, JobKind, JobStatus, list_jobs, start_job
 from napari_medseg.plugin._layers import volume_from_layer
@@ -71,7 +72,7 @@ _LOG = logging.getLogger(__name__)
 POLL_INTERVAL_MS = 500
 _RESCAN_EVERY = 10  # ticks: pick up jobs started elsewhere (medseg jobs start) every 5 s
 JOB_COLUMNS = ("id", "kind", "status", "progress", "loss", "metric")
-_DEVICES = ("auto", "cpu", "cuda", "mps")
+_DEVICES = DEVICE_NAMES  # the one list (napari_medseg.choices.Device)
 _MODES = {"fine-tune": JobKind.FINETUNE, "train": JobKind.TRAIN}
 _RUNS_FOLDER = "runs"  # under the jobs root; list_jobs skips folders without job.json
 _LAYER_CASE_ID = "layers"

@@ -79,17 +79,9 @@ def normalize_spacing(spacing: float | Sequence[float] | None, ndim: int, *, nam
     InvalidInputError
         If the number of values does not match ``ndim`` or a value is not finite and > 0.
     """
-    if spacing is None:
-        values = (1.0,) * ndim
-    elif np.isscalar(spacing):
-        values = (float(spacing),) * ndim  # type: ignore[arg-type]
-    else:
-        values = tuple(float(s) for s in spacing)  # type: ignore[union-attr]
-    if len(values) != ndim or not all(np.isfinite(v) and v > 0 for v in values):
-        raise InvalidInputError(
-            f"{name}={spacing!r}: expected {ndim} finite values > 0 in mm (array axis order) or one number"
-        )
-    return values
+    from napari_medseg._validate import check_spacing_mm  # the one spacing check
+
+    return (1.0,) * ndim if spacing is None else check_spacing_mm(spacing, ndim, name=name, allow_scalar=True)
 
 
 def check_mask(mask: np.ndarray, *, name: str, border: bool = True) -> np.ndarray:

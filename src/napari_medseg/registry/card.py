@@ -348,9 +348,9 @@ class ModelCard(_Spec):
     @field_validator("spacing")
     @classmethod
     def _spacing(cls, value: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
-        if value is not None and not all(0 < s < float("inf") for s in value):
-            raise ValueError(f"every spacing must be a positive finite number of mm, got {value}")
-        return value
+        from napari_medseg._validate import check_spacing_mm  # the one spacing check
+
+        return None if value is None else check_spacing_mm(value, 3, name="spacing", order="x y z order")
 
     @field_validator("orientation")
     @classmethod

@@ -99,9 +99,9 @@ def read_card(path: str | os.PathLike) -> ModelCard:
 
 
 def _card_to_yaml(card: ModelCard) -> str:
-    data = card.model_dump(mode="json", exclude_none=True)
-    data["labels"] = {int(k): v for k, v in data["labels"].items()}  # YAML keeps integer keys
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=None)
+    from napari_medseg.card_summary import card_yaml  # the one card-to-YAML, shown by every face
+
+    return card_yaml(card)
 
 
 def write_card(card: ModelCard, path: str | os.PathLike) -> Path:

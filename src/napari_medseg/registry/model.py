@@ -189,9 +189,9 @@ class RegistryModel:
             from napari_medseg.nnunet import load_nnunet_network
 
             return load_nnunet_network(self, device=device)
-        rate = card.dropout.rate if dropout_rate is None else float(dropout_rate)
-        if not 0.0 <= rate < 1.0:
-            raise InvalidInputError(f"dropout_rate={dropout_rate!r}: expected a rate in [0, 1)")
+        from napari_medseg._validate import check_dropout_rate  # the one dropout-rate check
+
+        rate = card.dropout.rate if dropout_rate is None else check_dropout_rate(dropout_rate)
         for spec in card.files:  # the weights are checked below, on the bytes that get loaded
             path = self._paths[spec.file]
             data = _read_checked(path, spec.sha256, card_path=self.card_path)

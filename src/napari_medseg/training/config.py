@@ -138,7 +138,7 @@ class TrainConfig(_Section):
     patient_pattern: str | None = Field(None, description="regex whose group 1 in a case id is the patient id")
     cache: bool = Field(True, description="keep preprocessed cases in memory")
     seed: int = Field(0, description="seed of every random choice (split, patches, augmentation, init)")
-    device: str = Field("auto", description="auto | cpu | cuda | mps")
+    device: str = Field("auto", description="auto | cpu | cuda | mps (napari_medseg.choices.Device), or cuda:N")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; None: torch's default")
 
     # --- validation, checkpoints, stopping
@@ -149,6 +149,14 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(1, ge=1, description="write the resumable checkpoint every N epochs")
 
     finetune: FinetuneSpec | None = Field(None, description="start from a registry model")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        from napari_medseg.choices import parse_device  # the one list of devices; torch-free
+
+        parse_device(value)  # a typo fails when the config is read, with a "did you mean"
+        return str(value).strip().lower()
 
     @field_validator("patch_size")
     @classmethod

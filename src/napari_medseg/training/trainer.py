@@ -347,20 +347,6 @@ class _RunLog:
 
 
 # ---------------------------------------------------------------------------------------- the run
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError("device='cuda' but no CUDA device is available; use --device cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise InvalidInputError("device='mps' but MPS is not available; use --device cpu")
-    if name not in ("cpu", "cuda", "mps"):
-        raise InvalidInputError(f"device={name!r}: expected auto, cpu, cuda or mps")
-    return torch.device(name)
-
-
 def _labels_of(config: TrainConfig, cases: Sequence[Case], data_root: Path) -> dict[int, str]:
     if config.labels is not None:
         return dict(sorted(config.labels.items()))
@@ -530,7 +516,9 @@ def train(
     if config.threads:
         torch.set_num_threads(config.threads)
 
-    dist_info = _setup_distributed(_resolve_device(config.device))
+    from napari_medseg.inference import resolve_device  # the one "auto" rule (CUDA, then MPS, then CPU)
+
+    dist_info = _setup_distributed(resolve_device(config.device))
     device = dist_info.device
 
     # ---- data
