@@ -22,20 +22,16 @@ from napari_medseg.inference.result import Prediction, provenance_metadata
 from napari_medseg.inference.sliding_window import sliding_window_moments
 from napari_medseg.inference.splitter import patch_grid
 from napari_medseg.labelmaps import labels_from_probabilities
-from napari_medseg.normalization import normalize_intensities
+from napari_medseg.model_grid import CardMismatchWarning, ModelGrid
 from napari_medseg.progress import CancelEvent, ProgressCallback, report
 from napari_medseg.registry import card_warnings
 from napari_medseg.uncertainty import entropy, summarize_moments
-from napari_medseg.volume import Geometry, Volume, check_same_grid, reorient, resample
+from napari_medseg.volume import Volume, check_same_grid
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_medseg.registry import ModelCard, RegistryModel
 
-__all__ = ["CardMismatchWarning", "predict"]
-
-
-class CardMismatchWarning(UserWarning):
-    """The input differs from what the model card expects (spacing, orientation); it is adapted."""
+__all__ = ["CardMismatchWarning", "model_input", "predict"]
 
 
 
@@ -121,39 +117,12 @@ def _check_input(volume: Volume, models: list[RegistryModel]) -> None:
             )
 
 
-def _resample_sitk(volume: Volume, geometry: Geometry, shape: tuple[int, int, int]) -> np.ndarray:
-    """Linear resampling onto (geometry, shape); points outside take the nearest edge value."""
-    return resample(volume, geometry=geometry, shape=shape, interpolation="linear", extrapolate_nearest=True).array
-
-
-def _to_model_grid(volume: Volume, card: ModelCard) -> tuple[Volume, bool]:
-    """Reorient and resample ``volume`` to the card's orientation and spacing.
-
-    Returns the volume on the model grid and whether it was resampled (False: at most an exact
-    axis permutation/flip happened).
-    """
-    vol = volume
-    if card.orientation is not None and vol.geometry.orientation != card.orientation.upper():
-        vol = reorient(vol, card.orientation.upper())
-    if card.spacing is not None and not np.allclose(vol.geometry.spacing, card.spacing, rtol=1e-6, atol=1e-9):
-        g = vol.geometry
-        target = Geometry(card.spacing, g.origin, g.direction)
-        size_xyz = [max(1, int(round(n * o / s))) for n, o, s in zip(vol.shape[::-1], g.spacing, target.spacing)]
-        as_float = Volume(vol.array.astype(np.float32, copy=False), g)
-        return Volume(_resample_sitk(as_float, target, tuple(size_xyz[::-1])), target), True
-    return vol, False
-
-
-def _to_input_grid(array: np.ndarray, model_grid: Volume, resampled: bool, volume: Volume) -> np.ndarray:
-    """Bring an array on the model grid (``(z, y, x[, c])``) back onto ``volume``'s grid."""
-    if model_grid.shape == volume.shape and model_grid.geometry.isclose(volume.geometry, atol=1e-5):
-        return array
-    on_model = Volume(array, model_grid.geometry)
-    if not resampled:  # only reoriented: undo the permutation exactly
-        back = reorient(on_model, volume.geometry.orientation)
-        if back.shape == volume.shape and back.geometry.isclose(volume.geometry, atol=1e-4):
-            return back.array
-    return _resample_sitk(on_model, volume.geometry, volume.shape)
+def model_input(volume: Volume, card: ModelCard) -> tuple[ModelGrid, np.ndarray]:
+    """The card's model grid for ``volume`` and what the network sees on it: ``(C, z, y, x)``
+    float32, reoriented, resampled and normalised (:meth:`ModelGrid.preprocess`; the trainer
+    prepares its cases with the same object)."""
+    grid = ModelGrid.for_volume(card, volume)
+    return grid, grid.preprocess(volume)
 
 
 def predict(
@@ -256,15 +225,11 @@ def predict(
 
     totals = {"p": None, "p2": None, "h": None, "n": 0}
     done_before = 0
-    base = Volume(volume.array, volume.geometry)  # normalize_intensities makes the float32 copy
     grand_total = _count_batches(volume, groups, overlap, batch_size, torch_device)
 
     for members in groups.values():
         card = members[0].card
-        on_grid, resampled = _to_model_grid(base, card)
-        channels_first = np.moveaxis(on_grid.array, -1, 0) if on_grid.array.ndim == 4 else on_grid.array[None]
-        image = normalize_intensities(channels_first, card.normalization)
-        del channels_first
+        grid, image = model_input(volume, card)
         networks = [m.load_network("cpu") for m in members]
         bs = batch_size or _default_batch_size(card, torch_device)
 
@@ -279,14 +244,14 @@ def predict(
         )
         del image
         _check_finite(moments.mean_p, members)
-        done_before += _group_batches(on_grid.shape, card, overlap, bs)
+        done_before += _group_batches(grid.shape, card, overlap, bs)
         weight = moments.n_samples
         for key, arr in (("p", moments.mean_p), ("p2", moments.mean_p2), ("h", moments.mean_entropy)):
             if key != "p" and arr is None and len(groups) > 1:
                 arr = moments.mean_p * moments.mean_p if key == "p2" else entropy(moments.mean_p)
             if arr is None:
                 continue
-            back = _to_input_grid(arr, on_grid, resampled, volume)
+            back = grid.to_input(arr)
             if totals[key] is None:
                 totals[key] = back * weight if len(groups) > 1 else back
             else:
@@ -388,23 +353,9 @@ def _count_batches(volume: Volume, groups: dict, overlap: float | None, batch_si
     total = 0
     for members in groups.values():
         card = members[0].card
-        shape = _model_grid_shape(volume, card)
+        shape = ModelGrid.for_volume(card, volume).shape
         total += _group_batches(shape, card, overlap, batch_size or _default_batch_size(card, device))
     return total
-
-
-def _model_grid_shape(volume: Volume, card: ModelCard) -> tuple[int, int, int]:
-    g = volume.geometry
-    shape_xyz = list(volume.shape[::-1])
-    spacing = list(g.spacing)
-    if card.orientation is not None and g.orientation != card.orientation.upper():
-        probe = reorient(Volume(np.zeros((1, 1, 1), np.uint8), g), card.orientation.upper()).geometry
-        perm = np.argmax(np.abs(probe.direction_matrix.T @ g.direction_matrix), axis=1)
-        shape_xyz = [shape_xyz[i] for i in perm]
-        spacing = [spacing[i] for i in perm]
-    if card.spacing is not None and not np.allclose(spacing, card.spacing, rtol=1e-6, atol=1e-9):
-        shape_xyz = [max(1, int(round(n * o / s))) for n, o, s in zip(shape_xyz, spacing, card.spacing)]
-    return tuple(shape_xyz[::-1])
 
 
 def _predict_nnunet(volume: Volume, models: list[RegistryModel], device: torch.device, *, mc_samples: int,
