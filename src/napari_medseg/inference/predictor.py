@@ -7,6 +7,7 @@ import json
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,7 +20,7 @@ from napari_medseg._validate import check_positive_int as _check_positive_int
 from napari_medseg.errors import InvalidInputError
 from napari_medseg.inference.device import resolve_device
 from napari_medseg.inference.result import Prediction, provenance_metadata
-from napari_medseg.inference.sliding_window import sliding_window_moments
+from napari_medseg.inference.sliding_window import WindowMoments, sliding_window_moments
 from napari_medseg.inference.splitter import patch_grid
 from napari_medseg.labelmaps import labels_from_probabilities
 from napari_medseg.model_grid import CardMismatchWarning, ModelGrid
@@ -223,7 +224,7 @@ def predict(
         groups.setdefault(_preprocessing_key(m.card), []).append(m)
     first = models[0].card
 
-    totals = {"p": None, "p2": None, "h": None, "n": 0}
+    sums = _InputGridMoments(weighted=len(groups) > 1)
     done_before = 0
     grand_total = _count_batches(volume, groups, overlap, batch_size, torch_device)
 
@@ -245,26 +246,11 @@ def predict(
         del image
         _check_finite(moments.mean_p, members)
         done_before += _group_batches(grid.shape, card, overlap, bs)
-        weight = moments.n_samples
-        for key, arr in (("p", moments.mean_p), ("p2", moments.mean_p2), ("h", moments.mean_entropy)):
-            if key != "p" and arr is None and len(groups) > 1:
-                arr = moments.mean_p * moments.mean_p if key == "p2" else entropy(moments.mean_p)
-            if arr is None:
-                continue
-            back = grid.to_input(arr)
-            if totals[key] is None:
-                totals[key] = back * weight if len(groups) > 1 else back
-            else:
-                totals[key] += back * weight
-        totals["n"] += weight
+        sums.add(moments, grid)
         del moments
 
-    n_total = totals["n"]
-    if len(groups) > 1:
-        for key in ("p", "p2", "h"):
-            totals[key] /= n_total
-    mean_p = totals["p"]
-    maps = summarize_moments(mean_p, totals["p2"] if n_total > 1 else None, totals["h"] if n_total > 1 else None)
+    mean_p, mean_p2, mean_entropy, n_total = sums.means()
+    maps = summarize_moments(mean_p, mean_p2 if n_total > 1 else None, mean_entropy if n_total > 1 else None)
     labels = labels_from_probabilities(mean_p, first.label_values)
 
     provenance = {
@@ -296,6 +282,51 @@ def predict(
         uncertainty=uncertainty,
         provenance=provenance,
     )
+
+
+@dataclass
+class _InputGridMoments:
+    """The blended moments of every preprocessing group, back on the input grid.
+
+    One group is kept as it is; several are averaged weighted by their sample counts, a group
+    with a single sample supplying ``p * p`` and its entropy so the mixture's moments stay exact.
+    """
+
+    weighted: bool
+    p: np.ndarray | None = None
+    p2: np.ndarray | None = None
+    h: np.ndarray | None = None
+    n: int = 0
+
+    def add(self, moments: WindowMoments, grid: ModelGrid) -> None:
+        """Bring one group's moments to the input grid (one map at a time) and add them."""
+        weight = moments.n_samples
+        self.p = self._plus(self.p, grid.to_input(moments.mean_p), weight)
+        p2 = moments.mean_p2
+        if p2 is None and self.weighted:
+            p2 = moments.mean_p * moments.mean_p
+        if p2 is not None:
+            self.p2 = self._plus(self.p2, grid.to_input(p2), weight)
+        del p2
+        h = moments.mean_entropy
+        if h is None and self.weighted:
+            h = entropy(moments.mean_p)
+        if h is not None:
+            self.h = self._plus(self.h, grid.to_input(h), weight)
+        self.n += weight
+
+    def _plus(self, total: np.ndarray | None, back: np.ndarray, weight: int) -> np.ndarray:
+        if total is None:
+            return back * weight if self.weighted else back
+        total += back * weight
+        return total
+
+    def means(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, int]:
+        """Mean p, p^2 and entropy (in place) and the total number of samples."""
+        if self.weighted:
+            for total in (self.p, self.p2, self.h):
+                total /= self.n
+        return self.p, self.p2, self.h, self.n
 
 
 def _check_finite(mean_p: np.ndarray, members: Sequence[RegistryModel]) -> None:
