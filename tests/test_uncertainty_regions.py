@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_medseg.errors import InvalidInputError
-from napari_medseg.inference import _argmax_labels
+from napari_medseg.labelmaps import labels_from_probabilities as _labels_in_labelmaps
 from napari_medseg.uncertainty import (
     UncertainRegion,
     labels_from_probabilities,
@@ -86,7 +86,9 @@ def test_labels_argmax_matches_predict_convention():
     labels = labels_from_probabilities(_P, [0, 1, 2])
     assert labels.dtype == np.uint8 and labels.shape == (1, 1, 5)
     assert labels.ravel().tolist() == [1, 1, 2, 0, 0]  # a tie takes the first channel
-    assert np.array_equal(labels, _argmax_labels(_P, [0, 1, 2]))
+    # one rule: predict, uncertainty and the bundle runner use this same function
+    assert labels_from_probabilities is _labels_in_labelmaps
+    assert np.array_equal(labels, np.array([0, 1, 2], np.uint8)[np.argmax(_P, axis=-1)])
 
 
 def test_labels_single_and_per_label_thresholds():

@@ -51,7 +51,7 @@ from napari_medseg.errors import FileFormatError, InvalidInputError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from napari_medseg.inference import Prediction
+    from napari_medseg.inference.result import Prediction
     from napari_medseg.registry import ModelCard, RegistryModel
     from napari_medseg.volume import Volume
 
@@ -1253,7 +1253,7 @@ def predict_bundle(
     from monai.transforms import LoadImaged, apply_transform
 
     from napari_medseg import __version__
-    from napari_medseg.inference import Prediction, provenance_metadata
+    from napari_medseg.inference.result import Prediction, provenance_metadata
     from napari_medseg.progress import check_cancelled, report
     from napari_medseg.volume import Volume as _Volume
 
@@ -1310,7 +1310,7 @@ def predict_bundle(
     unknown = sorted(set(np.unique(values).tolist()) - set(card.label_values))
     if unknown:
         raise InvalidInputError(f"model {card.name!r}: the bundle produced label values {unknown} that its card does not list")
-    from napari_medseg.inference import _label_dtype
+    from napari_medseg.labelmaps import label_dtype as _label_dtype
 
     labels_zyx = np.ascontiguousarray(values.transpose(2, 1, 0)).astype(_label_dtype(max(card.label_values)))
     p = None

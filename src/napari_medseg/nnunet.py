@@ -37,7 +37,7 @@ from napari_medseg.errors import FileFormatError, InvalidInputError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from napari_medseg.inference import Prediction
+    from napari_medseg.inference.result import Prediction
     from napari_medseg.registry import RegistryModel
     from napari_medseg.volume import Volume
 
@@ -561,7 +561,7 @@ def predict_nnunet(
 
     from napari_medseg import __version__
     from napari_medseg.errors import CancelledError
-    from napari_medseg.inference import Prediction, provenance_metadata
+    from napari_medseg.inference.result import Prediction, provenance_metadata
     from napari_medseg.volume import Volume
 
     _require_nnunetv2()

@@ -28,7 +28,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -1184,11 +1184,18 @@ def resample_to_spacing(
     restores its grid exactly.
     """
     new_geometry = Geometry(spacing, volume.geometry.origin, volume.geometry.direction)
-    old = volume.geometry.spacing
-    size_xyz = [max(1, int(round(n * o / s))) for n, o, s in zip(volume.shape[::-1], old, new_geometry.spacing)]
-    return resample(
-        volume, geometry=new_geometry, shape=tuple(size_xyz[::-1]), interpolation=interpolation, default_value=default_value
-    )
+    shape = resampled_size(volume.shape, volume.geometry.spacing, new_geometry.spacing)
+    return resample(volume, geometry=new_geometry, shape=shape, interpolation=interpolation, default_value=default_value)
+
+
+def resampled_size(
+    shape: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float]
+) -> tuple[int, int, int]:
+    """The array shape ``(z, y, x)`` that covers ``shape`` at ``new_spacing``: per axis
+    ``round(size * spacing / new_spacing)``, at least 1 (both spacings ``(x, y, z)`` mm, like
+    :attr:`Geometry.spacing`). The one size formula of resampling (and of the model grid)."""
+    size_xyz = [max(1, int(round(n * o / s))) for n, o, s in zip(tuple(shape)[:3][::-1], spacing, new_spacing)]
+    return tuple(size_xyz[::-1])
 
 
 def reorient(volume: Volume, orientation: str = "RAS") -> Volume:

@@ -507,21 +507,23 @@ def card_warnings(volume: Volume, card: ModelCard) -> list[str]:
     Returns
     -------
     list of str
-        One message per difference: spacing (1 % tolerance), orientation, a 3D model on a single
+        One message per difference: spacing (beyond ``model_grid.SPACING_RTOL``, 1 %; in the
+        model's axis order), orientation, a 3D model on a single
         slice, and an input unlike the training inputs (the card's ``input_fingerprint``, see
         :func:`napari_medseg.guards.input_fit_messages`); empty when the input matches.
     """
-    import numpy as np
+    from napari_medseg.model_grid import ModelGrid
 
     messages = []
     geometry = volume.geometry
-    if card.spacing is not None and not np.allclose(geometry.spacing, card.spacing, rtol=0.01, atol=1e-6):
-        sp = ", ".join(f"{s:g}" for s in geometry.spacing)
+    grid = ModelGrid.for_volume(card, volume)  # the spacing tolerance is the one predict resamples with
+    if grid.resampled:
+        sp = ", ".join(f"{s:g}" for s in grid.input_spacing)
         cs = ", ".join(f"{s:g}" for s in card.spacing)
         messages.append(
             f"the input's spacing ({sp}) mm differs from model {card.name!r}'s ({cs}) mm; resampling to it and back"
         )
-    if card.orientation is not None and geometry.orientation != card.orientation.upper():
+    if grid.reoriented:
         messages.append(
             f"the input's orientation {geometry.orientation} differs from model {card.name!r}'s "
             f"{card.orientation.upper()}; reorienting to it and back (no interpolation)"

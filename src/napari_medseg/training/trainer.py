@@ -3,7 +3,7 @@
 :func:`train` runs a whole training or fine-tuning run from a :class:`TrainConfig`:
 
 1. find the cases, check each one (geometry, labels) and split them by patient;
-2. preprocess each case once exactly as inference will (:func:`napari_medseg.inference.preprocess`);
+2. preprocess each case once exactly as inference will (the same :class:`napari_medseg.model_grid.ModelGrid`);
 3. each epoch, sample ``iterations_per_epoch * batch_size`` patches (foreground ratio), augment,
    optionally mix them up (soft targets), and take optimiser steps (Adam + Lookahead by default,
    as in the mixup paper; gradient clipping; AMP on CUDA only);
@@ -27,6 +27,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ from napari_medseg.errors import InvalidInputError, MedsegError
 from napari_medseg.progress import CancelEvent, check_cancelled
 from napari_medseg.training.config import FreezeMode, OptimizerName, ScheduleName, TrainConfig, config_to_yaml
 from napari_medseg.training.data import Case, discover_cases, load_case, sample_patch, split_cases
-from napari_medseg.volume import Volume, reorient, resample_to_spacing
+from napari_medseg.volume import Volume
 
 __all__ = [
     "train",
@@ -212,31 +213,40 @@ def prepare_cases(
             label = label.derive(lut[label.array])
         index_of = np.zeros(int(max(label_values)) + 1, dtype=np.uint8)
         index_of[list(label_values)] = np.arange(len(label_values), dtype=np.uint8)
-        image, label_array, spacing = _to_training_grid(channels, label, config)
+        image, label_array, spacing = _to_training_grid(channels, label, config, case_id=case.id)
         label_index = index_of[label_array]
         foreground = np.argwhere(label_index > 0)
         prepared.append(PreparedCase(case.id, image, label_index, spacing, foreground))
     return prepared
 
 
-def _to_training_grid(channels: list[Volume], label: Volume, config: TrainConfig) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    """Reorient and resample a case to the config's orientation and spacing, then normalise.
+def _to_training_grid(
+    channels: list[Volume], label: Volume, config: TrainConfig, *, case_id: str = "case"
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Reorient, resample and normalise a case on the model grid, exactly as inference does.
 
-    Images are resampled linearly, labels with nearest neighbour; the normalisation is
-    :func:`napari_medseg.inference.normalize_intensities`, the one inference applies.
+    The grid is :class:`napari_medseg.model_grid.ModelGrid`, the object
+    :func:`napari_medseg.inference.predict` uses: images linear in float32 with the edge repeated
+    past the last voxel centre, labels nearest, the same size formula, and no resampling within
+    the spacing tolerance (a resampled case warns with :class:`CardMismatchWarning`).
     """
-    from napari_medseg.inference import normalize_intensities
+    from napari_medseg.model_grid import CardMismatchWarning, ModelGrid
 
-    def to_grid(volume: Volume, interpolation: str) -> Volume:
-        if config.orientation is not None and volume.geometry.orientation != config.orientation.upper():
-            volume = reorient(volume, config.orientation.upper())
-        if config.spacing is not None and not np.allclose(volume.geometry.spacing, config.spacing, rtol=1e-6):
-            volume = resample_to_spacing(volume, config.spacing, interpolation=interpolation)
-        return volume
-
-    images = [to_grid(c, "linear").array.astype(np.float32) for c in channels]
-    label_on_grid = to_grid(label, "nearest")
-    image = normalize_intensities(np.stack(images), config.normalization)
+    if len(channels) == 1:
+        volume = channels[0]
+    else:  # one multi-channel volume, as predict stacks its inputs
+        volume = Volume(np.stack([c.array.astype(np.float32, copy=False) for c in channels], axis=-1), channels[0].geometry)
+    grid = ModelGrid.for_volume(config, volume)
+    if grid.resampled:
+        sp = ", ".join(f"{s:g}" for s in grid.input_spacing)
+        cs = ", ".join(f"{s:g}" for s in grid.spacing)
+        warnings.warn(
+            f"case {case_id!r}: spacing ({sp}) mm differs from the config's ({cs}) mm; resampling to it",
+            CardMismatchWarning,
+            stacklevel=3,
+        )
+    image = grid.preprocess(volume)
+    label_on_grid = grid.labels_to_model(label)
     return image, label_on_grid.array, label_on_grid.spacing_zyx
 
 
