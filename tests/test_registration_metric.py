@@ -85,7 +85,7 @@ def test_ssd_force_gradient_choices():
     # diff = 0 1 2 3; grad(warped) = 1 everywhere along x; grad(fixed) = 2
     w = ssd_force(fixed, warped, gradient="warped")
     f = ssd_force(fixed, warped, gradient="fixed")
-    s = ssd_force(fixed, warped, gradient="symmetric", spacing=(1.0, 2.0))
+    s = ssd_force(fixed, warped, gradient="symmetric", spacing_mm=(1.0, 2.0))
     assert w[1, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
     assert f[1, 0].tolist() == [0.0, 2.0, 4.0, 6.0]
     assert s[1, 0].tolist() == [0.0, 0.75, 1.5, 2.25]  # mean of 0.5 and 1 per mm
@@ -121,9 +121,9 @@ def test_invalid_udt_ssd_inputs():
         udt_ssd(a, np.zeros((5, 6), bool))
     with pytest.raises(InvalidInputError, match="NaN"):
         udt_ssd(a.astype(float), np.full((5, 5), np.nan))
-    with pytest.raises(InvalidInputError, match="spacing"):
+    with pytest.raises(InvalidInputError, match="spacing_mm"):
         udt_ssd(a, a, (1.0, 0.0))
-    with pytest.raises(InvalidInputError, match="spacing"):
+    with pytest.raises(InvalidInputError, match="spacing_mm"):
         udt_ssd(a, a, (1.0, 1.0, 1.0))
     with pytest.raises(InvalidInputError, match="2D or 3D"):
         udt_ssd(np.zeros(5), np.zeros(5))

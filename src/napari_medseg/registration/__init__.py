@@ -1,6 +1,6 @@
 """Deformable registration of MALDI-MS and MRI images with the UDT-SSD metric.
 
-Array functions (2D ``(y, x)`` or 3D ``(z, y, x)`` arrays and ``spacing`` in mm per array axis):
+Array functions (2D ``(y, x)`` or 3D ``(z, y, x)`` arrays and ``spacing_mm`` in mm per array axis):
 :func:`register`, :func:`udt_ssd`, :func:`udt_force`, :func:`warp`; evaluation in
 :mod:`.evaluate`; a Fig. 4-like synthetic pair in :mod:`.synthetic`; imzML reading in
 :mod:`.imzml`; Volume-level wrappers :func:`register_volumes` and :func:`apply_field`.

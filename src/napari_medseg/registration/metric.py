@@ -71,23 +71,23 @@ class ForceGradient(StrEnum):
     SYMMETRIC = "symmetric"
 
 
-def normalize_spacing(spacing: float | Sequence[float] | None, ndim: int, *, name: str = "spacing") -> tuple[float, ...]:
-    """Return ``spacing`` as one positive float per array axis (mm, array order).
+def normalize_spacing(spacing_mm: float | Sequence[float] | None, ndim: int, *, name: str = "spacing_mm") -> tuple[float, ...]:
+    """Return ``spacing_mm`` as one positive float per array axis (mm, array order).
 
     Raises
     ------
     InvalidInputError
         If the number of values does not match ``ndim`` or a value is not finite and > 0.
     """
-    if spacing is None:
+    if spacing_mm is None:
         values = (1.0,) * ndim
-    elif np.isscalar(spacing):
-        values = (float(spacing),) * ndim  # type: ignore[arg-type]
+    elif np.isscalar(spacing_mm):
+        values = (float(spacing_mm),) * ndim  # type: ignore[arg-type]
     else:
-        values = tuple(float(s) for s in spacing)  # type: ignore[union-attr]
+        values = tuple(float(s) for s in spacing_mm)  # type: ignore[union-attr]
     if len(values) != ndim or not all(np.isfinite(v) and v > 0 for v in values):
         raise InvalidInputError(
-            f"{name}={spacing!r}: expected {ndim} finite values > 0 in mm (array axis order) or one number"
+            f"{name}={spacing_mm!r}: expected {ndim} finite values > 0 in mm (array axis order) or one number"
         )
     return values
 
@@ -134,14 +134,14 @@ def check_mask(mask: np.ndarray, *, name: str, border: bool = True) -> np.ndarra
     return out
 
 
-def local_scale(mask: np.ndarray, spacing: float | Sequence[float] | None = None) -> np.ndarray:
+def local_scale(mask: np.ndarray, spacing_mm: float | Sequence[float] | None = None) -> np.ndarray:
     """Local object scale in mm: the DT value (inscribed-ball radius) at the nearest skeleton voxel.
 
     Parameters
     ----------
     mask : numpy.ndarray
         2D or 3D object mask (non-zero is the object).
-    spacing : float or sequence of float, optional
+    spacing_mm : float or sequence of float, optional
         Voxel size in mm per array axis (default 1).
 
     Returns
@@ -160,7 +160,7 @@ def local_scale(mask: np.ndarray, spacing: float | Sequence[float] | None = None
     mask = np.asarray(mask).astype(bool, copy=False)
     if not mask.any():
         raise InvalidInputError("local_scale: the mask is empty")
-    sampling = normalize_spacing(spacing, mask.ndim)
+    sampling = normalize_spacing(spacing_mm, mask.ndim)
     distance = ndimage.distance_transform_edt(mask, sampling=sampling)
     skeleton = skeletonize(mask)
     if not skeleton.any():
@@ -170,7 +170,7 @@ def local_scale(mask: np.ndarray, spacing: float | Sequence[float] | None = None
 
 
 def scale_invariant_distance_transform(
-    mask: np.ndarray, spacing: float | Sequence[float] | None = None, *, scale: np.ndarray | None = None
+    mask: np.ndarray, spacing_mm: float | Sequence[float] | None = None, *, scale: np.ndarray | None = None
 ) -> np.ndarray:
     """Distance transform divided by the local object scale (the paper's future-work proposal).
 
@@ -184,7 +184,7 @@ def scale_invariant_distance_transform(
     ----------
     mask : numpy.ndarray
         2D or 3D object mask.
-    spacing : float or sequence of float, optional
+    spacing_mm : float or sequence of float, optional
         Voxel size in mm per array axis (default 1).
     scale : numpy.ndarray, optional
         Local scale map in mm (same shape, > 0), e.g. the reference's :func:`local_scale`.
@@ -200,7 +200,7 @@ def scale_invariant_distance_transform(
         If ``scale`` has another shape or non-positive values.
     """
     mask = np.asarray(mask).astype(bool, copy=False)
-    sampling = normalize_spacing(spacing, mask.ndim)
+    sampling = normalize_spacing(spacing_mm, mask.ndim)
     if scale is None:
         if not mask.any():
             return np.zeros(mask.shape, np.float32)
@@ -211,7 +211,7 @@ def scale_invariant_distance_transform(
     return (distance_transform(mask, sampling) / scale).astype(np.float32)
 
 
-def distance_transform(mask: np.ndarray, spacing: float | Sequence[float] | None = None) -> np.ndarray:
+def distance_transform(mask: np.ndarray, spacing_mm: float | Sequence[float] | None = None) -> np.ndarray:
     """Euclidean distance transform of a mask in mm: distance of each object voxel to the nearest
     background voxel, 0 outside.
 
@@ -219,7 +219,7 @@ def distance_transform(mask: np.ndarray, spacing: float | Sequence[float] | None
     ----------
     mask : numpy.ndarray
         2D or 3D array, non-zero is the object.
-    spacing : float or sequence of float, optional
+    spacing_mm : float or sequence of float, optional
         Voxel size in mm per array axis (default 1).
 
     Returns
@@ -235,7 +235,7 @@ def distance_transform(mask: np.ndarray, spacing: float | Sequence[float] | None
     [[0.0, 2.0, 4.0, 6.0, 4.0, 2.0, 0.0]]
     """
     mask = np.asarray(mask).astype(bool, copy=False)
-    sampling = normalize_spacing(spacing, mask.ndim)
+    sampling = normalize_spacing(spacing_mm, mask.ndim)
     if mask.ndim in (2, 3) and mask.size > 40_000 and mask.any() and not mask.all():
         # SimpleITK's Maurer transform of the background gives the same exact EDT (to 5e-6 mm)
         # as scipy.ndimage.distance_transform_edt, measured (best of 7, 2 shared cores) 2.0x
@@ -259,7 +259,7 @@ def ssd(a: np.ndarray, b: np.ndarray) -> float:
     return 0.5 * float(np.dot(diff, diff))
 
 
-def udt_ssd(reference_mask: np.ndarray, warped_target_mask: np.ndarray, spacing: float | Sequence[float] | None = None) -> float:
+def udt_ssd(reference_mask: np.ndarray, warped_target_mask: np.ndarray, spacing_mm: float | Sequence[float] | None = None) -> float:
     """The UDT-SSD metric: ``1/2 * sum (DT(reference) - DT(warped target))^2`` (mm^2).
 
     Both distance transforms are computed from the masks given, so this is the metric of the
@@ -271,7 +271,7 @@ def udt_ssd(reference_mask: np.ndarray, warped_target_mask: np.ndarray, spacing:
         Reference (fixed) mask M_I, 2D or 3D; non-zero is the object.
     warped_target_mask : numpy.ndarray
         Warped target (moving) mask ``[M_T(x + u(x)) >= 0.5]``, same shape.
-    spacing : float or sequence of float, optional
+    spacing_mm : float or sequence of float, optional
         Voxel size in mm per array axis (default 1 mm).
 
     Returns
@@ -282,7 +282,7 @@ def udt_ssd(reference_mask: np.ndarray, warped_target_mask: np.ndarray, spacing:
     Raises
     ------
     InvalidInputError
-        If the shapes differ, a mask is not 2D/3D or holds NaN, or ``spacing`` is invalid.
+        If the shapes differ, a mask is not 2D/3D or holds NaN, or ``spacing_mm`` is invalid.
 
     Examples
     --------
@@ -303,14 +303,14 @@ def udt_ssd(reference_mask: np.ndarray, warped_target_mask: np.ndarray, spacing:
             raise InvalidInputError(f"{name}: expected a 2D or 3D mask, got shape {m.shape}")
         if np.issubdtype(m.dtype, np.floating) and not np.all(np.isfinite(m)):
             raise InvalidInputError(f"{name}: the mask contains NaN or Inf values")
-    sampling = normalize_spacing(spacing, ref.ndim)
+    sampling = normalize_spacing(spacing_mm, ref.ndim)
     return ssd(distance_transform(ref, sampling), distance_transform(tgt, sampling))
 
 
-def _gradient(image: np.ndarray, spacing: Sequence[float]) -> list[np.ndarray]:
+def _gradient(image: np.ndarray, spacing_mm: Sequence[float]) -> list[np.ndarray]:
     """Central differences per axis in 1/mm (one-sided at the ends, 0 along size-1 axes)."""
     out = []
-    for axis, h in enumerate(spacing):
+    for axis, h in enumerate(spacing_mm):
         if image.shape[axis] < 2:
             out.append(np.zeros(image.shape, np.float32))
         else:
@@ -322,7 +322,7 @@ def ssd_force(
     fixed: np.ndarray,
     warped: np.ndarray,
     *,
-    spacing: float | Sequence[float] | None = None,
+    spacing_mm: float | Sequence[float] | None = None,
     gradient: ForceGradient | str = ForceGradient.WARPED,
     fixed_gradient: Sequence[np.ndarray] | None = None,
 ) -> np.ndarray:
@@ -336,7 +336,7 @@ def ssd_force(
     ----------
     fixed, warped : numpy.ndarray
         2D or 3D arrays of the same shape (DT maps in mm for the DT metrics).
-    spacing : float or sequence of float, optional
+    spacing_mm : float or sequence of float, optional
         Voxel size in mm per array axis (default 1); gradients are central differences in 1/mm.
     gradient : {"warped", "fixed", "symmetric"}, default "warped"
         Which image's gradient is used (see :class:`ForceGradient`).
@@ -358,7 +358,7 @@ def ssd_force(
     if fixed.shape != warped.shape:
         raise InvalidInputError(f"fixed has shape {fixed.shape} but warped has shape {warped.shape}; expected the same")
     mode = look_up_option(gradient, ForceGradient, name="gradient")
-    sampling = normalize_spacing(spacing, fixed.ndim)
+    sampling = normalize_spacing(spacing_mm, fixed.ndim)
     diff = fixed - warped
     if mode == ForceGradient.WARPED:
         grads = _gradient(warped, sampling)
@@ -378,7 +378,7 @@ def udt_force(
     reference_distance: np.ndarray,
     warped_target_mask: np.ndarray,
     *,
-    spacing: float | Sequence[float] | None = None,
+    spacing_mm: float | Sequence[float] | None = None,
     gradient: ForceGradient | str = ForceGradient.WARPED,
 ) -> np.ndarray:
     """UDT-SSD force ``(D_I - D_u) * grad D_u`` with ``D_u`` recomputed from the warped mask.
@@ -389,7 +389,7 @@ def udt_force(
         D_I, the distance transform (mm) of the reference mask (see :func:`distance_transform`).
     warped_target_mask : numpy.ndarray
         The warped target mask ``[M_T(x + u(x)) >= 0.5]``, same shape.
-    spacing : float or sequence of float, optional
+    spacing_mm : float or sequence of float, optional
         Voxel size in mm per array axis (default 1).
     gradient : {"warped", "fixed", "symmetric"}, default "warped"
         ``grad D_u`` (paper), ``grad D_I`` or their mean.
@@ -419,6 +419,6 @@ def udt_force(
         raise InvalidInputError(
             f"reference_distance has shape {d_ref.shape} but warped_target_mask has shape {mask.shape}; expected the same"
         )
-    sampling = normalize_spacing(spacing, d_ref.ndim)
+    sampling = normalize_spacing(spacing_mm, d_ref.ndim)
     d_u = distance_transform(mask, sampling)
-    return ssd_force(d_ref, d_u, spacing=sampling, gradient=gradient)
+    return ssd_force(d_ref, d_u, spacing_mm=sampling, gradient=gradient)

@@ -108,7 +108,7 @@ def warp(
     image: np.ndarray,
     displacement: np.ndarray,
     *,
-    spacing: float | Sequence[float] | None = None,
+    spacing_mm: float | Sequence[float] | None = None,
     order: int = 1,
     grid: np.ndarray | None = None,
 ) -> np.ndarray:
@@ -120,7 +120,7 @@ def warp(
         2D or 3D array on the same grid as the field.
     displacement : numpy.ndarray
         Shape ``(ndim, *image.shape)``, mm.
-    spacing : float or sequence of float, optional
+    spacing_mm : float or sequence of float, optional
         Voxel size in mm per array axis (default 1).
     order : int, default 1
         Interpolation order: 1 linear, 0 nearest (label maps).
@@ -143,7 +143,7 @@ def warp(
         raise InvalidInputError(
             f"displacement has shape {displacement.shape}; expected {(image.ndim, *image.shape)} for an image of shape {image.shape}"
         )
-    sampling = normalize_spacing(spacing, image.ndim)
+    sampling = normalize_spacing(spacing_mm, image.ndim)
     if grid is None:
         grid = identity_grid(image.shape)
     coords = np.empty_like(grid)
@@ -251,7 +251,7 @@ def register(
     tau: float = 1.0,
     levels: int = 3,
     max_iterations: int | Sequence[int] = 400,
-    spacing: float | Sequence[float] | None = None,
+    spacing_mm: float | Sequence[float] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelEvent | None = None,
     alpha: float = 0.5,
@@ -287,7 +287,7 @@ def register(
     max_iterations : int or sequence of int, default 400
         Maximum iterations per level (authors' code default), or one value per level, coarse
         first.
-    spacing : float or sequence of float, optional
+    spacing_mm : float or sequence of float, optional
         Voxel size in mm per array axis (default 1 mm).
     progress : callable, optional
         ``progress(done, total)`` after each iteration; ``total`` is the maximum over all levels.
@@ -358,7 +358,7 @@ def register(
             f"fixed has shape {fixed_a.shape} but moving has shape {moving_a.shape}; resample moving onto the "
             "fixed grid first (register_volumes(..., resample_moving=True) or 'medseg register --resample')"
         )
-    sampling = normalize_spacing(spacing, fixed_a.ndim)
+    sampling = normalize_spacing(spacing_mm, fixed_a.ndim)
     for name, value in (("tau", tau), ("divergence_factor", divergence_factor)):
         if not (np.isfinite(value) and value > 0):
             raise InvalidInputError(f"{name}={value!r}: expected a finite value > 0")
@@ -457,12 +457,12 @@ def register(
         for _ in range(iters[levels - 1 - level]):
             check_cancelled(cancel, "registration")
             if metric_kind == Metric.UDT:
-                warped_mask = warp(m_mk, u, spacing=sp, grid=grid) >= 0.5
+                warped_mask = warp(m_mk, u, spacing_mm=sp, grid=grid) >= 0.5
                 current = dtrans(warped_mask, sp)
             elif metric_kind == Metric.DT:
-                current = warp(m_src, u, spacing=sp, grid=grid)
+                current = warp(m_src, u, spacing_mm=sp, grid=grid)
             elif metric_kind == Metric.REFERENCE:
-                warped_dt = warp(m_src, u, spacing=sp, grid=grid)
+                warped_dt = warp(m_src, u, spacing_mm=sp, grid=grid)
                 new_dt = dtrans(warped_dt >= ref_threshold, sp)
                 low, high = float(warped_dt.min()), float(warped_dt.max())
                 nlow, nhigh = float(new_dt.min()), float(new_dt.max())
@@ -471,7 +471,7 @@ def register(
                 else:
                     current = warped_dt
             else:
-                current = warp(m_src, u, spacing=sp, grid=grid)
+                current = warp(m_src, u, spacing_mm=sp, grid=grid)
             value = ssd(f_ref, current)
             history.append(value)
             level_hist.append(level)
@@ -494,7 +494,7 @@ def register(
             report(progress, done, total)
             if value == 0.0 or _plateaued(level_values, plateau_window, plateau_tol):
                 break
-            force = ssd_force(f_ref, current, spacing=sp, gradient=grad_kind, fixed_gradient=fixed_grad)
+            force = ssd_force(f_ref, current, spacing_mm=sp, gradient=grad_kind, fixed_gradient=fixed_grad)
             step = np.float32(tau) * kappa
             force *= step
             force += u
@@ -515,8 +515,8 @@ def register(
     report(progress, total, total)
 
     grid = identity_grid(fixed_a.shape)
-    warped_img = warp(moving_a, u, spacing=sampling, grid=grid)
-    warped_mask = warp(moving_mask_a.astype(np.float32), u, spacing=sampling, grid=grid) >= 0.5
+    warped_img = warp(moving_a, u, spacing_mm=sampling, grid=grid)
+    warped_mask = warp(moving_mask_a.astype(np.float32), u, spacing_mm=sampling, grid=grid) >= 0.5
     params = {
         "metric": str(metric_kind), "regularizer": str(reg_kind), "mu": mu, "lambda": lambda_, "tau": tau,
         "levels": levels, "max_iterations": iters, "spacing_mm": list(sampling), "alpha": alpha,

@@ -43,12 +43,12 @@ class Regularizer(StrEnum):
     DIFFUSIVE = "diffusive"
 
 
-def _frequency_symbols(shape: Sequence[int], spacing: Sequence[float]):
+def _frequency_symbols(shape: Sequence[int], spacing_mm: Sequence[float]):
     """Per axis: ``L_k = (2 - 2 cos w_k) / h_k^2`` and ``s_k = sin(w_k) / h_k``, broadcastable to
     the ``rfftn`` output shape (last axis halved)."""
     ndim = len(shape)
     lap, sin = [], []
-    for axis, (n, h) in enumerate(zip(shape, spacing)):
+    for axis, (n, h) in enumerate(zip(shape, spacing_mm)):
         if axis == ndim - 1:
             w = 2.0 * np.pi * np.arange(n // 2 + 1) / n
         else:
@@ -78,7 +78,7 @@ class ElasticRegularizer:
     ----------
     shape : tuple of int
         Grid shape (2D or 3D).
-    spacing : sequence of float
+    spacing_mm : sequence of float
         Voxel size in mm per array axis.
     mu, lambda_ : float
         Lamé constants (mu > 0, lambda >= 0; dimensionless, see the module notes).
@@ -91,14 +91,14 @@ class ElasticRegularizer:
         If a parameter is out of range.
     """
 
-    def __init__(self, shape: Sequence[int], spacing: Sequence[float], *, mu: float, lambda_: float, tau: float) -> None:
+    def __init__(self, shape: Sequence[int], spacing_mm: Sequence[float], *, mu: float, lambda_: float, tau: float) -> None:
         mu = _check_positive("mu", mu)
         lambda_ = _check_positive("lambda_", lambda_, allow_zero=True)
         tau = _check_positive("tau", tau)
         self.shape = tuple(int(n) for n in shape)
         ndim = len(self.shape)
-        h2 = float(np.mean(np.square(spacing)))
-        lap, sin = _frequency_symbols(self.shape, spacing)
+        h2 = float(np.mean(np.square(spacing_mm)))
+        lap, sin = _frequency_symbols(self.shape, spacing_mm)
         total = sum(lap)
         c = tau * h2
         # M = Id + c * (mu * sum(L) * Id + (mu + lambda) * G),  G_ii = L_i,  G_ij = s_i s_j
@@ -153,12 +153,12 @@ class DiffusiveRegularizer:
         If ``alpha`` or ``tau`` is not > 0.
     """
 
-    def __init__(self, shape: Sequence[int], spacing: Sequence[float], *, alpha: float, tau: float) -> None:
+    def __init__(self, shape: Sequence[int], spacing_mm: Sequence[float], *, alpha: float, tau: float) -> None:
         alpha = _check_positive("alpha", alpha)
         tau = _check_positive("tau", tau)
         self.shape = tuple(int(n) for n in shape)
-        lap, _ = _frequency_symbols(self.shape, spacing)
-        h2 = float(np.mean(np.square(spacing)))
+        lap, _ = _frequency_symbols(self.shape, spacing_mm)
+        h2 = float(np.mean(np.square(spacing_mm)))
         self._inv = (1.0 / (1.0 + tau * h2 * alpha * sum(lap))).astype(np.float32)
         self.ndim = len(self.shape)
 
@@ -178,7 +178,7 @@ class GaussianRegularizer:
         If ``sigma_vox`` is not > 0.
     """
 
-    def __init__(self, shape: Sequence[int], spacing: Sequence[float], *, sigma_vox: float) -> None:
+    def __init__(self, shape: Sequence[int], spacing_mm: Sequence[float], *, sigma_vox: float) -> None:
         self.sigma_vox = _check_positive("sigma_vox", sigma_vox)
         self.shape = tuple(int(n) for n in shape)
 
@@ -192,7 +192,7 @@ class GaussianRegularizer:
 def make_regularizer(
     kind: Regularizer | str,
     shape: Sequence[int],
-    spacing: Sequence[float],
+    spacing_mm: Sequence[float],
     *,
     mu: float = 0.5,
     lambda_: float = 0.5,
@@ -206,7 +206,7 @@ def make_regularizer(
     ----------
     kind : {"elastic", "gaussian", "diffusive"}
         Which regulariser.
-    shape, spacing
+    shape, spacing_mm
         Grid shape and voxel size in mm (array order).
     mu, lambda_ : float, default 0.5
         Elastic Lamé constants (the authors' code defaults).
@@ -224,7 +224,7 @@ def make_regularizer(
     """
     mode = look_up_option(kind, Regularizer, name="regularizer")
     if mode == Regularizer.ELASTIC:
-        return ElasticRegularizer(shape, spacing, mu=mu, lambda_=lambda_, tau=tau)
+        return ElasticRegularizer(shape, spacing_mm, mu=mu, lambda_=lambda_, tau=tau)
     if mode == Regularizer.DIFFUSIVE:
-        return DiffusiveRegularizer(shape, spacing, alpha=alpha, tau=tau)
-    return GaussianRegularizer(shape, spacing, sigma_vox=sigma_vox)
+        return DiffusiveRegularizer(shape, spacing_mm, alpha=alpha, tau=tau)
+    return GaussianRegularizer(shape, spacing_mm, sigma_vox=sigma_vox)
