@@ -40,7 +40,7 @@ from napari_medseg.registration.metric import (
     ssd,
     ssd_force,
 )
-from napari_medseg.registration.regularizers import Regularizer, make_regularizer
+from napari_medseg.registration.regularizers import Elastic, Regularizer, RegularizerParameters, regularizer_from_options
 
 __all__ = [
     "RegistrationResult",
@@ -245,17 +245,13 @@ def register(
     fixed_mask: np.ndarray | None = None,
     moving_mask: np.ndarray | None = None,
     metric: Metric | str = Metric.UDT,
-    regularizer: Regularizer | str = Regularizer.ELASTIC,
-    mu: float = 0.5,
-    lambda_: float = 0.5,
+    regularizer: RegularizerParameters | Regularizer | str = Elastic(),
     tau: float = 1.0,
     levels: int = 3,
     max_iterations: int | Sequence[int] = 400,
     spacing_mm: float | Sequence[float] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelEvent | None = None,
-    alpha: float = 0.5,
-    sigma_vox: float = float(np.sqrt(0.5)),
     force_gradient: ForceGradient | str = ForceGradient.WARPED,
     scale_invariant: bool = False,
     plateau_window: int = 10,
@@ -276,10 +272,11 @@ def register(
         image with holes filled (:func:`auto_mask`). Masks must not be empty nor touch the border.
     metric : {"udt", "dt", "intensity", "reference"}, default "udt"
         See :class:`~napari_medseg.registration.metric.Metric`.
-    regularizer : {"elastic", "gaussian", "diffusive"}, default "elastic"
-        See :mod:`napari_medseg.registration.regularizers`.
-    mu, lambda_ : float, default 0.5, 0.5
-        Elastic Lamé constants (defaults of the authors' code; the paper gives no values).
+    regularizer : Elastic, Diffusive or Gaussian, default ``Elastic()``
+        The regulariser with its parameters (:mod:`napari_medseg.registration.regularizers`):
+        ``Elastic(mu=0.5, lambda_=0.5)`` (Lamé constants, defaults of the authors' code; the
+        paper gives no values), ``Diffusive(alpha=0.5)`` or ``Gaussian(sigma_vox=sqrt(0.5))``.
+        A name ("elastic", "diffusive", "gaussian") means that regulariser with its defaults.
     tau : float, default 1.0
         Time step of ``u <- R(u + tau * f)`` (authors' code default).
     levels : int, default 3
@@ -293,10 +290,6 @@ def register(
         ``progress(done, total)`` after each iteration; ``total`` is the maximum over all levels.
     cancel : object with ``is_set()``, optional
         Checked every iteration; raises :class:`~napari_medseg.errors.CancelledError`.
-    alpha : float, default 0.5
-        Weight of the diffusive regulariser.
-    sigma_vox : float, default sqrt(0.5)
-        Standard deviation (voxels) of the Gaussian regulariser.
     force_gradient : {"warped", "fixed", "symmetric"}, default "warped"
         Gradient of the SSD force: ``grad D_u`` (paper), ``grad D_I``, or their mean.
     scale_invariant : bool, default False
@@ -349,7 +342,7 @@ def register(
     """
     start = time.perf_counter()
     metric_kind = look_up_option(metric, Metric, name="metric")
-    reg_kind = look_up_option(regularizer, Regularizer, name="regularizer")
+    regularizer = regularizer_from_options(regularizer)
     grad_kind = look_up_option(force_gradient, ForceGradient, name="force_gradient")
     fixed_a = _check_image(fixed, "fixed")
     moving_a = _check_image(moving, "moving")
@@ -430,7 +423,7 @@ def register(
                 u = np.zeros((len(shape), *shape), np.float32)
         else:
             u = _upsample_field(u, ratios[level], shape)
-        regul = make_regularizer(reg_kind, shape, sp, mu=mu, lambda_=lambda_, tau=tau, alpha=alpha, sigma_vox=sigma_vox)
+        regul = regularizer.operator(shape, sp, tau=tau)
 
         # fixed-side quantities, computed once per level
         if scale_invariant:
@@ -518,9 +511,9 @@ def register(
     warped_img = warp(moving_a, u, spacing_mm=sampling, grid=grid)
     warped_mask = warp(moving_mask_a.astype(np.float32), u, spacing_mm=sampling, grid=grid) >= 0.5
     params = {
-        "metric": str(metric_kind), "regularizer": str(reg_kind), "mu": mu, "lambda": lambda_, "tau": tau,
-        "levels": levels, "max_iterations": iters, "spacing_mm": list(sampling), "alpha": alpha,
-        "sigma_vox": sigma_vox, "force_gradient": str(grad_kind), "scale_invariant": scale_invariant,
+        "metric": str(metric_kind), **regularizer.to_dict(), "tau": tau,
+        "levels": levels, "max_iterations": iters, "spacing_mm": list(sampling),
+        "force_gradient": str(grad_kind), "scale_invariant": scale_invariant,
         "plateau_window": plateau_window, "plateau_tol": plateau_tol,
     }
     return RegistrationResult(
