@@ -19,8 +19,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from dicom_builders import write_series as write_classic_series
-from dicom_series import phantom, write_series
+from _dicom import phantom, write_patient_series, write_series
 from test_faults_writes import _KILLER, _cli, _digest, _env, _fill, _main, _temporaries, tmpfs  # noqa: F401 - tmpfs is a fixture
 
 from napari_medseg.errors import FileAccessError
@@ -34,7 +33,7 @@ def dwi(tmp_path_factory):
     """A 3-volume classic DICOM series (3 x 8 x 48 x 48 int16, ~110 kB of noise)."""
     data = np.random.default_rng(5).integers(0, 3000, (3, 8, 48, 48)).astype(np.int16)
     folder = tmp_path_factory.mktemp("dwi") / "series"
-    write_classic_series(folder, data)
+    write_series(folder, data)
     return folder, data
 
 
@@ -78,7 +77,7 @@ def test_write_multivolume_refuses_an_existing_folder(tmp_path):
 @pytest.fixture
 def ct(tmp_path):
     image, labels = phantom((12, 40, 48))
-    folder = write_series(tmp_path / "ct", image)
+    folder = write_patient_series(tmp_path / "ct", image)
     return folder, labels, read_volume(folder).geometry
 
 
@@ -127,7 +126,7 @@ def _predict_seg_killed(where: str, folder: Path, out: Path, model, seed: int) -
 
 
 def test_killed_predict_to_seg_never_leaves_a_stale_sidecar(capsys, tmp_path, tiny_model):
-    folder = write_series(tmp_path / "ct", phantom((6, 12, 16))[0])
+    folder = write_patient_series(tmp_path / "ct", phantom((6, 12, 16))[0])
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "pred.dcm"
@@ -154,7 +153,7 @@ def _study_with_two_series_on_one_grid(tmp_path: Path) -> tuple[Path, dict[str, 
     arrays = {}
     for i, seed in enumerate((1, 2)):
         image, _ = phantom((6, 12, 16), seed=seed)
-        part = write_series(tmp_path / f"part{i}", image)
+        part = write_patient_series(tmp_path / f"part{i}", image)
         uid = pydicom.dcmread(next(part.iterdir()), stop_before_pixels=True).SeriesInstanceUID
         for file in part.iterdir():
             file.rename(study / f"s{i}_{file.name}")
