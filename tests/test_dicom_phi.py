@@ -87,7 +87,7 @@ def test_info_json_shows_no_patient_data(capsys, dicom_folder):
 
 def test_predict_outputs_sidecar_and_job_record_hold_no_patient_data(tmp_path, dicom_folder):
     pytest.importorskip("torch")
-    from test_inference import make_model
+    from _models import make_model
 
     from napari_medseg.jobs import JobStatus, start_job
 

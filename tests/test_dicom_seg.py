@@ -175,7 +175,7 @@ def test_napari_reader_opens_seg_as_named_labels(tmp_path):
 def tiny_model(tmp_path):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    from test_inference import make_model
+    from _models import make_model
 
     return make_model(tmp_path / "models", labels=(0, 1, 2), spacing=(0.8, 0.9, 2.5), channels=(2, 4))
 
