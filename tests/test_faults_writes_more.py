@@ -20,7 +20,7 @@ import numpy as np
 import pydicom
 import pytest
 from _dicom import phantom, write_patient_series, write_series
-from test_faults_writes import _KILLER, _cli, _digest, _env, _fill, _main, _temporaries, tmpfs  # noqa: F401 - tmpfs is a fixture
+from _faults import _KILLER, _cli, _digest, _env, _fill, _main, _temporaries, tmpfs  # noqa: F401 - tmpfs is a fixture
 
 from napari_medseg.errors import FileAccessError
 from napari_medseg.multivolume import MultiVolume, write_multivolume
@@ -115,7 +115,7 @@ def test_dicom_seg_output_checks_come_before_reading(capsys, tmp_path, ct):
 def tiny_model(tmp_path):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    from test_inference import make_model
+    from _models import make_model
 
     return make_model(tmp_path / "models", labels=(0, 1, 2), spacing=(0.8, 0.9, 2.5), channels=(2, 4))
 
@@ -189,7 +189,7 @@ def _models_env(user: Path) -> dict:
 
 def test_models_add_force_on_a_full_disk_keeps_the_old_model(tmpfs, tmp_path):
     pytest.importorskip("torch")
-    from test_inference import make_model
+    from _models import make_model
 
     old = make_model(tmp_path / "old", channels=(2, 4))
     new = make_model(tmp_path / "new", channels=(16, 32), seed=1)  # ~0.2 MB of weights
@@ -207,7 +207,7 @@ def test_models_add_force_on_a_full_disk_keeps_the_old_model(tmpfs, tmp_path):
 
 def test_models_add_force_never_replaces_a_folder_that_is_not_a_model(tmp_path):
     pytest.importorskip("torch")
-    from test_inference import make_model
+    from _models import make_model
 
     model = make_model(tmp_path / "src")
     user = tmp_path / "user"
@@ -234,7 +234,7 @@ sys.exit(main(sys.argv[1:]))
 
 def test_killed_model_replace_puts_the_old_folder_back(tmp_path):
     pytest.importorskip("torch")
-    from test_inference import make_model
+    from _models import make_model
 
     old = make_model(tmp_path / "old", channels=(2, 4))
     new = make_model(tmp_path / "new", channels=(2, 4), seed=1)
