@@ -103,11 +103,18 @@ def test_predict_ensemble_by_registry_name_with_postprocessing(run_cli, tmp_path
     assert sidecar["postprocess"] is not None and sidecar["parameters"]["tta_flips"] is True
 
 
-def test_device_choices_match_the_enum():
-    from napari_medseg.cli._predict import _DEVICES
+def test_device_option_offers_exactly_the_devices_the_core_runs_on(capsys):
+    """An unknown --device is a usage error (exit 2) that lists the core's Device values, no more, no less."""
+    import re
+
+    from napari_medseg.cli import main
     from napari_medseg.inference import Device
 
-    assert _DEVICES == tuple(d.value for d in Device)
+    with pytest.raises(SystemExit) as info:
+        main(["predict", "in.nii.gz", "out.nii.gz", "--device", "tpu"])
+    assert info.value.code == 2
+    offered = re.search(r"invalid choice: 'tpu' \(choose from (.*?)\)", capsys.readouterr().err)
+    assert offered and [c.strip(" '") for c in offered.group(1).split(",")] == [d.value for d in Device]
 
 
 @pytest.mark.parametrize(

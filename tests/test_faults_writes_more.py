@@ -286,15 +286,3 @@ def test_predict_refuses_bad_numbers_before_torch_is_imported(tmp_path, option, 
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env())
     assert proc.stdout.split() == ["2", "False"], proc.stderr
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-
-
-def test_old_validator_names_stay_importable():
-    pytest.importorskip("torch")
-    from napari_medseg import _validate
-    from napari_medseg.inference import MAX_BATCH_SIZE, _check_overlap, _check_positive_int
-    from napari_medseg.networks.unet import check_dropout_rate
-    from napari_medseg.uncertainty import MAX_MC_SAMPLES, check_mc_samples
-
-    assert _check_overlap is _validate.check_overlap and _check_positive_int is _validate.check_positive_int
-    assert check_dropout_rate is _validate.check_dropout_rate and check_mc_samples is _validate.check_mc_samples
-    assert (MAX_BATCH_SIZE, MAX_MC_SAMPLES) == (4096, 1000)
