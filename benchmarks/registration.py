@@ -33,7 +33,7 @@ import warnings
 import numpy as np
 import SimpleITK as sitk
 
-from napari_medseg.registration import RegistrationWarning, register
+from napari_medseg.registration import Gaussian, RegistrationWarning, register
 from napari_medseg.registration.evaluate import mutual_information, overlap_scores
 from napari_medseg.registration.metric import distance_transform
 from napari_medseg.registration.synthetic import synthetic_pair
@@ -166,7 +166,7 @@ def main() -> None:
 
     # same iterations and smoothing: single level, Gaussian regulariser sigma 1 voxel, no plateau stop
     n_iter = 100
-    same = dict(levels=1, max_iterations=n_iter, regularizer="gaussian", sigma_vox=1.0, plateau_window=0, tau=1.0)
+    same = dict(levels=1, max_iterations=n_iter, regularizer=Gaussian(sigma_vox=1.0), plateau_window=0, tau=1.0)
     print(f"\nSimpleITK DemonsRegistrationFilter vs ours (deformation_scale {first:g}), {n_iter} iterations, field smoothed with sigma 1 voxel, one level")
     comp = {
         "udt (gaussian)": run_ours(pair, metric="udt", **same),

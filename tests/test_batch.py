@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import oblique_geometry
-from test_inference import make_model
+from _models import make_model
 
 from napari_medseg.batch import Case, discover_cases, partition, run_cohort
 from napari_medseg.cli import main

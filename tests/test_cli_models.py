@@ -11,7 +11,7 @@ import json
 import os
 
 import pytest
-from test_registry import make_model, write_bundle
+from _models import registry_model, write_bundle
 
 
 @pytest.fixture
@@ -23,8 +23,8 @@ def registry_env(tmp_path):
 
 def test_list_show_and_shadowing(run_cli, registry_env, tmp_path):
     user, env, environ = registry_env
-    winner = make_model(env / "tiny", seed=1)
-    make_model(user / "tiny", seed=2)
+    winner = registry_model(env / "tiny", seed=1)
+    registry_model(user / "tiny", seed=2)
     (env / "broken").mkdir()
     (env / "broken" / "model.yaml").write_text("name: broken\nversion: '1'\n")
     listing = json.loads(run_cli("models", "list", "--json", env=environ).stdout)
@@ -51,7 +51,7 @@ def test_list_show_and_shadowing(run_cli, registry_env, tmp_path):
 
 def test_invalid_show_unknown_name(run_cli, registry_env):
     user, env, environ = registry_env
-    make_model(env / "liver-ct", name="liver-ct")
+    registry_model(env / "liver-ct", name="liver-ct")
     proc = run_cli("models", "show", "livr-ct", env=environ, check_rc=2)
     assert "no model named 'livr-ct'" in proc.stderr and "did you mean 'liver-ct'" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -59,7 +59,7 @@ def test_invalid_show_unknown_name(run_cli, registry_env):
 
 def test_verify_and_tampered_file(run_cli, registry_env):
     user, env, environ = registry_env
-    model = make_model(env / "tiny")
+    model = registry_model(env / "tiny")
     ok = run_cli("models", "verify", "tiny", env=environ)
     assert ok.stdout.startswith(f"ok tiny 1.0.0 (1 file, sha256 {model.sha256[:12]}...)")
     weights = model.weights_path()
@@ -74,14 +74,14 @@ def test_verify_and_tampered_file(run_cli, registry_env):
 
 def test_add_force_and_remove(run_cli, registry_env, tmp_path):
     user, env, environ = registry_env
-    make_model(tmp_path / "src", name="mine")
+    registry_model(tmp_path / "src", name="mine")
     proc = run_cli("models", "add", tmp_path / "src", env=environ)
     assert f"added mine 1.0.0 to {(user / 'mine').resolve()}" in proc.stdout
     assert sorted(p.name for p in (user / "mine").iterdir()) == ["model.safetensors", "model.yaml"]
     again = run_cli("models", "add", tmp_path / "src", env=environ, check_rc=2)
     assert "already exists" in again.stderr and "--force" in again.stderr
     run_cli("models", "add", tmp_path / "src", "--force", env=environ)
-    make_model(env / "shared", name="shared")
+    registry_model(env / "shared", name="shared")
     refused = run_cli("models", "remove", "shared", env=environ, check_rc=2)
     assert "only models in the user folder can be removed" in refused.stderr
     run_cli("models", "remove", "mine", env=environ)

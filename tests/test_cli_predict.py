@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 from conftest import oblique_geometry
-from test_inference import make_model
+from _models import make_model
 
 from napari_medseg.cli import main
 from napari_medseg.errors import CancelledError

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_inference import make_model
+from _models import make_model
 
 from napari_medseg.jobs import JobStatus, read_events, start_job
 from napari_medseg.volume import (

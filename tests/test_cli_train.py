@@ -6,7 +6,7 @@ import json
 import time
 
 import yaml
-from test_trainer import make_dataset
+from _training import make_dataset
 
 from napari_medseg.jobs import JobStatus, start_job
 from napari_medseg.registry import load_model_folder

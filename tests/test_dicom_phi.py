@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dicom_series import PATIENT_STRINGS, phantom, write_series
+from _dicom import PATIENT_STRINGS, phantom, write_patient_series
 
 from napari_medseg.cli import main
 from napari_medseg.dicom_tags import ALLOWED_TAGS, filter_metadata, is_allowed_key
@@ -40,7 +40,7 @@ def _leaks(*paths: Path) -> list[str]:
 @pytest.fixture
 def dicom_folder(tmp_path):
     image, _ = phantom()
-    folder = write_series(tmp_path / "dicom", image)
+    folder = write_patient_series(tmp_path / "dicom", image)
     # the test is only meaningful if the input really holds the patient data
     assert _leaks(folder)
     return folder
@@ -51,7 +51,7 @@ def test_convert_writes_no_patient_data(capsys, tmp_path, dicom_folder, suffix):
     out = tmp_path / f"out{suffix}"
     args = ["convert", dicom_folder, out] + (["--labels"] if suffix == ".seg.nrrd" else [])
     if suffix == ".seg.nrrd":  # a label map from the same series: values >= 0
-        args[1] = write_series(tmp_path / "lab", phantom()[1].astype(np.int16))
+        args[1] = write_patient_series(tmp_path / "lab", phantom()[1].astype(np.int16))
     rc, stdout, err = _main(capsys, *args)
     assert rc == 0, err
     assert _leaks(out) == [] and not any(s in stdout + err for s in PATIENT_STRINGS)
@@ -87,7 +87,7 @@ def test_info_json_shows_no_patient_data(capsys, dicom_folder):
 
 def test_predict_outputs_sidecar_and_job_record_hold_no_patient_data(tmp_path, dicom_folder):
     pytest.importorskip("torch")
-    from test_inference import make_model
+    from _models import make_model
 
     from napari_medseg.jobs import JobStatus, start_job
 
@@ -107,7 +107,7 @@ def test_dicom_series_writer_copies_no_identifying_tag(tmp_path):
     header = {"0010|0010": "DOE^JANE^Q", "0010|0020": "PID-90210-XYZ", "dicom_series_description": "DOE^JANE",
               "0008|0080": "Saint Elsewhere Hospital", "dicom_modality": "MR"}
     image, _ = phantom()
-    volume = Volume(image, read_volume(write_series(tmp_path / "src", image, patient=None)).geometry, header)
+    volume = Volume(image, read_volume(write_patient_series(tmp_path / "src", image, patient=None)).geometry, header)
     folder = write_volume(volume, tmp_path / "series")
     assert _leaks(folder) == []
     import pydicom

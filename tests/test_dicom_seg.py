@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pydicom
 import pytest
-from dicom_series import oblique_direction, phantom, write_series
+from _dicom import oblique_direction, phantom, write_patient_series
 
 from napari_medseg import dicom_seg
 from napari_medseg.cli import main
@@ -30,7 +30,7 @@ def _main(capsys, *args):
 @pytest.fixture(params=sorted(GRIDS))
 def series(request, tmp_path):
     image, labels = phantom()
-    folder = write_series(tmp_path / f"dicom_{request.param}", image, direction=GRIDS[request.param])
+    folder = write_patient_series(tmp_path / f"dicom_{request.param}", image, direction=GRIDS[request.param])
     return folder, labels
 
 
@@ -157,7 +157,7 @@ def test_napari_reader_opens_seg_as_named_labels(tmp_path):
     from napari_medseg.plugin._reader import napari_get_reader
 
     image, labels = phantom()
-    folder = write_series(tmp_path / "dicom", image)
+    folder = write_patient_series(tmp_path / "dicom", image)
     source = read_volume(folder)
     out = dicom_seg.write_dicom_seg(Volume(labels, source.geometry), folder, tmp_path / "seg.dcm",
                                     segments=[dicom_seg.Segment(v, n, COLORS[v]) for v, n in NAMES.items()])
@@ -175,7 +175,7 @@ def test_napari_reader_opens_seg_as_named_labels(tmp_path):
 def tiny_model(tmp_path):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    from test_inference import make_model
+    from _models import make_model
 
     return make_model(tmp_path / "models", labels=(0, 1, 2), spacing=(0.8, 0.9, 2.5), channels=(2, 4))
 
@@ -208,7 +208,7 @@ def test_predict_dicom_folder_to_seg_matches_nifti(capsys, tmp_path, series, tin
 
 def test_predict_to_dcm_from_a_non_dicom_input_is_refused(capsys, tmp_path, tiny_model):
     image, _ = phantom()
-    nii = write_volume(Volume(image, read_volume(write_series(tmp_path / "d", image)).geometry), tmp_path / "in.nii.gz")
+    nii = write_volume(Volume(image, read_volume(write_patient_series(tmp_path / "d", image)).geometry), tmp_path / "in.nii.gz")
     rc, _, err = _main(capsys, "predict", nii, tmp_path / "out.dcm", "--model", tiny_model.folder)
     assert rc == 2 and "DICOM SEG" in err and not (tmp_path / "out.dcm").exists()
 
@@ -230,7 +230,7 @@ def test_demo_model_seg_opens_in_highdicom_and_our_reader_with_identical_labels(
     sub = np.clip(np.round(sub), -32768, 32767).astype(np.int16) if np.issubdtype(sub.dtype, np.floating) else sub.astype(np.int16)
     g = lps.geometry
     origin = np.asarray(g.origin) + g.direction_matrix @ (np.array([x0, y0, z0]) * np.asarray(g.spacing))
-    folder = write_series(tmp_path / "t1", sub, spacing_xyz=g.spacing, origin=tuple(origin),
+    folder = write_patient_series(tmp_path / "t1", sub, spacing_xyz=g.spacing, origin=tuple(origin),
                           direction=g.direction_matrix, modality="MR")
     seg_out = tmp_path / "brain.dcm"
     rc, _, err = _main(capsys, "predict", folder, seg_out, "--model", "brain-tissue-t1-demo", "--no-progress")
@@ -255,8 +255,8 @@ def test_multi_volume_series_is_refused_for_seg(capsys, tmp_path):
     import shutil
 
     image, labels = phantom()
-    a = write_series(tmp_path / "a", image, series_uid="1.2.826.0.1.3680043.8.498.1")
-    b = write_series(tmp_path / "b", image + 1, series_uid="1.2.826.0.1.3680043.8.498.1")
+    a = write_patient_series(tmp_path / "a", image, series_uid="1.2.826.0.1.3680043.8.498.1")
+    b = write_patient_series(tmp_path / "b", image + 1, series_uid="1.2.826.0.1.3680043.8.498.1")
     both = tmp_path / "both"
     both.mkdir()
     for src in (a, b):

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from dicom_builders import (
+from _dicom import (
     ORIENTATIONS,
     assert_matches_nifti,
     dcm2niix_path,

@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 from conftest import oblique_geometry
-from test_registry import make_model, tiny_card, tiny_network
+from _models import registry_model, tiny_card, tiny_network
 
 from napari_medseg.cli import main
 from napari_medseg.errors import FileFormatError, InvalidInputError
@@ -39,7 +39,7 @@ def registry(tmp_path, monkeypatch):
     env.mkdir()
     monkeypatch.setenv("MEDSEG_MODELS", str(env))
     monkeypatch.setenv("MEDSEG_USER_MODELS", str(tmp_path / "user"))
-    make_model(env / "good", name="good", spacing=(1.0, 1.0, 2.0))
+    registry_model(env / "good", name="good", spacing=(1.0, 1.0, 2.0))
     return env
 
 
@@ -211,7 +211,7 @@ def test_outputs_that_overflow_to_inf_are_refused_at_predict_naming_the_model(tm
 
 
 def test_a_nan_card_value_fails_predict_with_the_card_file_and_field(tmp_path, image, capsys):
-    model = make_model(tmp_path / "m", name="m", spacing=(1.0, 1.0, 2.0))
+    model = registry_model(tmp_path / "m", name="m", spacing=(1.0, 1.0, 2.0))
     card = yaml.safe_load((tmp_path / "m" / "model.yaml").read_text())
     card["normalization"]["window_width"] = float("inf")
     (tmp_path / "m" / "model.yaml").write_text(yaml.safe_dump(card))

@@ -8,7 +8,6 @@ message, that the user's files are byte-identical afterwards and that no tempora
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import resource
@@ -20,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_inference import make_model
+from _faults import _KILLER, _cli, _digest, _env, _fill, _main, _temporaries, tmpfs  # noqa: F401 - tmpfs is a fixture
+from _models import make_model
 
 from napari_medseg.volume import Geometry, Volume, read_volume, write_volume
 
@@ -33,62 +33,9 @@ else:
     NO_CAPS = [SETPRIV, "--inh-caps=-all", "--bounding-set=-all", "--"] if SETPRIV else None
 
 
-def _env(**extra):
-    return {**os.environ, "OMP_NUM_THREADS": "1", **{k: str(v) for k, v in extra.items()}}
-
-
-def _cli(*args, prefix=(), **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*prefix, sys.executable, "-m", "napari_medseg.cli", *map(str, args)],
-        capture_output=True, text=True, encoding="utf-8", env=_env(), **kwargs,
-    )
-
-
-def _main(capsys, *args) -> subprocess.CompletedProcess:
-    """The CLI in this process (for checks that need no process of their own: cheaper)."""
-    from napari_medseg.cli import main
-
-    rc = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(args, rc, captured.out, captured.err)
-
-
-def _digest(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder`` (relative path -> hash): the user's files."""
-    out = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and ".medseg-" not in str(path.relative_to(folder)):
-            out[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
-
-
-def _temporaries(folder: Path) -> list[str]:
-    return [p.name for p in folder.rglob("*") if ".medseg-" in p.name]
-
-
 def _volume(shape=(4, 6, 5), seed=0) -> Volume:
     rng = np.random.default_rng(seed)
     return Volume(rng.integers(0, 3000, shape).astype(np.int16), Geometry((0.8, 0.9, 2.0), (1.0, -2.0, 3.0)))
-
-
-@pytest.fixture
-def tmpfs(tmp_path):
-    """A real, small file system (2 MiB tmpfs) mounted under ``tmp_path``; unmounted afterwards."""
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root in a mount namespace): {proc.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _fill(mount: Path, leave_bytes: int) -> None:
-    """Fill the file system until about ``leave_bytes`` are free."""
-    stat = os.statvfs(mount)
-    free = stat.f_bavail * stat.f_frsize
-    with open(mount / "filler.bin", "wb") as fh:
-        fh.write(b"\0" * max(0, free - leave_bytes))
 
 
 # ------------------------------------------------------------------- 1: a failed write never replaces
@@ -306,27 +253,6 @@ def test_predict_refuses_a_probability_format_before_work(tmp_path, scan, model)
 
 
 # ------------------------------------------------------------------ 5: a run's outputs change together
-_KILLER = """
-import os, signal, sys
-import napari_medseg.outputs as outputs
-
-where, targets = sys.argv[1], set(sys.argv[2].split(","))
-if where == "before-commit":
-    def commit(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGKILL)
-    outputs.commit = commit
-elif where == "between-renames":
-    real = os.replace
-    def replace(src, dst, **kwargs):
-        real(src, dst, **kwargs)
-        if os.path.basename(str(dst)) in targets:  # the first of the user's files is replaced
-            os.kill(os.getpid(), signal.SIGKILL)
-    os.replace = replace
-from napari_medseg.cli import main
-sys.exit(main(sys.argv[3:]))
-"""
-
-
 def _predict_killed(where: str, out_dir: Path, scan: Path, model, seed: int) -> subprocess.CompletedProcess:
     names = ["seg.nii.gz", "prob.nrrd", "unc.mha", "seg.nii.gz.json"]
     args = ["predict", str(scan), str(out_dir / "seg.nii.gz"), "--model", str(model.folder), "--no-progress",

@@ -19,9 +19,8 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from dicom_builders import write_series as write_classic_series
-from dicom_series import phantom, write_series
-from test_faults_writes import _KILLER, _cli, _digest, _env, _fill, _main, _temporaries, tmpfs  # noqa: F401 - tmpfs is a fixture
+from _dicom import phantom, write_patient_series, write_series
+from _faults import _KILLER, _cli, _digest, _env, _fill, _main, _temporaries, tmpfs  # noqa: F401 - tmpfs is a fixture
 
 from napari_medseg.errors import FileAccessError
 from napari_medseg.multivolume import MultiVolume, write_multivolume
@@ -34,7 +33,7 @@ def dwi(tmp_path_factory):
     """A 3-volume classic DICOM series (3 x 8 x 48 x 48 int16, ~110 kB of noise)."""
     data = np.random.default_rng(5).integers(0, 3000, (3, 8, 48, 48)).astype(np.int16)
     folder = tmp_path_factory.mktemp("dwi") / "series"
-    write_classic_series(folder, data)
+    write_series(folder, data)
     return folder, data
 
 
@@ -78,7 +77,7 @@ def test_write_multivolume_refuses_an_existing_folder(tmp_path):
 @pytest.fixture
 def ct(tmp_path):
     image, labels = phantom((12, 40, 48))
-    folder = write_series(tmp_path / "ct", image)
+    folder = write_patient_series(tmp_path / "ct", image)
     return folder, labels, read_volume(folder).geometry
 
 
@@ -116,7 +115,7 @@ def test_dicom_seg_output_checks_come_before_reading(capsys, tmp_path, ct):
 def tiny_model(tmp_path):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    from test_inference import make_model
+    from _models import make_model
 
     return make_model(tmp_path / "models", labels=(0, 1, 2), spacing=(0.8, 0.9, 2.5), channels=(2, 4))
 
@@ -127,7 +126,7 @@ def _predict_seg_killed(where: str, folder: Path, out: Path, model, seed: int) -
 
 
 def test_killed_predict_to_seg_never_leaves_a_stale_sidecar(capsys, tmp_path, tiny_model):
-    folder = write_series(tmp_path / "ct", phantom((6, 12, 16))[0])
+    folder = write_patient_series(tmp_path / "ct", phantom((6, 12, 16))[0])
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "pred.dcm"
@@ -154,7 +153,7 @@ def _study_with_two_series_on_one_grid(tmp_path: Path) -> tuple[Path, dict[str, 
     arrays = {}
     for i, seed in enumerate((1, 2)):
         image, _ = phantom((6, 12, 16), seed=seed)
-        part = write_series(tmp_path / f"part{i}", image)
+        part = write_patient_series(tmp_path / f"part{i}", image)
         uid = pydicom.dcmread(next(part.iterdir()), stop_before_pixels=True).SeriesInstanceUID
         for file in part.iterdir():
             file.rename(study / f"s{i}_{file.name}")
@@ -190,7 +189,7 @@ def _models_env(user: Path) -> dict:
 
 def test_models_add_force_on_a_full_disk_keeps_the_old_model(tmpfs, tmp_path):
     pytest.importorskip("torch")
-    from test_inference import make_model
+    from _models import make_model
 
     old = make_model(tmp_path / "old", channels=(2, 4))
     new = make_model(tmp_path / "new", channels=(16, 32), seed=1)  # ~0.2 MB of weights
@@ -208,7 +207,7 @@ def test_models_add_force_on_a_full_disk_keeps_the_old_model(tmpfs, tmp_path):
 
 def test_models_add_force_never_replaces_a_folder_that_is_not_a_model(tmp_path):
     pytest.importorskip("torch")
-    from test_inference import make_model
+    from _models import make_model
 
     model = make_model(tmp_path / "src")
     user = tmp_path / "user"
@@ -235,7 +234,7 @@ sys.exit(main(sys.argv[1:]))
 
 def test_killed_model_replace_puts_the_old_folder_back(tmp_path):
     pytest.importorskip("torch")
-    from test_inference import make_model
+    from _models import make_model
 
     old = make_model(tmp_path / "old", channels=(2, 4))
     new = make_model(tmp_path / "new", channels=(2, 4), seed=1)
@@ -287,15 +286,3 @@ def test_predict_refuses_bad_numbers_before_torch_is_imported(tmp_path, option, 
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env())
     assert proc.stdout.split() == ["2", "False"], proc.stderr
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-
-
-def test_old_validator_names_stay_importable():
-    pytest.importorskip("torch")
-    from napari_medseg import _validate
-    from napari_medseg.inference import MAX_BATCH_SIZE, _check_overlap, _check_positive_int
-    from napari_medseg.networks.unet import check_dropout_rate
-    from napari_medseg.uncertainty import MAX_MC_SAMPLES, check_mc_samples
-
-    assert _check_overlap is _validate.check_overlap and _check_positive_int is _validate.check_positive_int
-    assert check_dropout_rate is _validate.check_dropout_rate and check_mc_samples is _validate.check_mc_samples
-    assert (MAX_BATCH_SIZE, MAX_MC_SAMPLES) == (4096, 1000)

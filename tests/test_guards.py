@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import ellipsoid_mask
-from test_inference import make_model
+from _models import make_model
 
 from napari_medseg.cli import main
 from napari_medseg.guards import fingerprint_from_volumes, image_features, input_fit_messages

@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from _models import make_model
 from conftest import oblique_geometry
 from torch import nn
 
@@ -29,30 +30,6 @@ from napari_medseg.volume import Geometry, Volume, reorient
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def make_model(folder, *, name="tiny", spatial_dims=3, channels=(4, 8), in_channels=1, labels=(0, 1),
-               patch_size=None, placement=("head",), rate=0.2, seed=0, **card_fields):
-    """A registry model folder with random weights (written by the registry's save_model_folder)."""
-    from napari_medseg.registry import save_model_folder
-
-    params = {"channels": list(channels)}
-    torch.manual_seed(seed)
-    net = build_network(
-        "unet", spatial_dims=spatial_dims, in_channels=in_channels, out_channels=len(labels),
-        dropout_rate=rate, dropout_placement=placement, **params,
-    )
-    card = {
-        "name": name, "version": "1.0", "description": "test model", "task": "segmentation", "license": "Apache-2.0",
-        "architecture": {"name": "unet", "params": params}, "spatial_dims": spatial_dims,
-        "channels": [{"name": f"c{i}", "modality": "CT"} for i in range(in_channels)],
-        "labels": {v: {"name": "background" if v == 0 else f"label{v}", "color": (0.0, 0.0, float(v > 0))} for v in labels},
-        "normalization": {"kind": "zscore"},
-        "patch_size": patch_size or ((8, 16, 16) if spatial_dims == 3 else (16, 16)),
-        "dropout": {"placement": list(placement), "rate": rate},
-    }
-    card.update(card_fields)
-    return save_model_folder(folder / name, card=card, state_dict=net.state_dict())
 
 
 class Pointwise(nn.Module):

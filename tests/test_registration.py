@@ -28,11 +28,11 @@ def test_warp_translates_by_displacement_in_mm():
     image = np.arange(40, dtype=np.float32).reshape(5, 8)
     u = np.zeros((2, 5, 8), np.float32)
     u[1] = 2.0  # 2 mm along x with 2 mm voxels: one voxel
-    out = warp(image, u, spacing=(1.0, 2.0))
+    out = warp(image, u, spacing_mm=(1.0, 2.0))
     np.testing.assert_array_equal(out[:, :-1], image[:, 1:])
     np.testing.assert_array_equal(out[:, -1], image[:, -1])  # outside: nearest border value
     u[1] = 1.0  # half a voxel: linear interpolation
-    np.testing.assert_allclose(warp(image, u, spacing=(1.0, 2.0))[:, :-1], image[:, :-1] + 0.5)
+    np.testing.assert_allclose(warp(image, u, spacing_mm=(1.0, 2.0))[:, :-1], image[:, :-1] + 0.5)
     labels = np.array([[0, 3, 3, 7]], np.uint8)
     v = np.zeros((2, 1, 4), np.float32)
     v[1] = 0.6
@@ -87,7 +87,7 @@ def test_register_3d_ellipsoids():
     fixed = _ellipse(shape, (14, 16, 16), (8, 10, 9))
     moving = _ellipse(shape, (13, 17, 15), (7, 9, 11))
     before = overlap_scores(fixed, moving).f_measure
-    result = register(fixed.astype(np.float32), moving.astype(np.float32), spacing=(2.0, 1.0, 1.0), levels=2, max_iterations=40)
+    result = register(fixed.astype(np.float32), moving.astype(np.float32), spacing_mm=(2.0, 1.0, 1.0), levels=2, max_iterations=40)
     after = overlap_scores(fixed, result.warped_mask).f_measure
     assert before < 0.85 and after > 0.95
     assert result.displacement.shape == (3, *shape)
@@ -187,8 +187,8 @@ def test_invalid_register_inputs(pair2d):
         register(f, m, levels=2, max_iterations=[5])
     with pytest.raises(InvalidInputError, match="tau"):
         register(f, m, tau=-1.0)
-    with pytest.raises(InvalidInputError, match="spacing"):
-        register(f, m, spacing=(1.0, 1.0, 1.0))
+    with pytest.raises(InvalidInputError, match="spacing_mm"):
+        register(f, m, spacing_mm=(1.0, 1.0, 1.0))
     with pytest.raises(InvalidInputError, match="2D"):
         register(f[0], m[0])
     with pytest.raises(InvalidInputError, match="vanishes at pyramid level"):

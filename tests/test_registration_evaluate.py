@@ -47,7 +47,7 @@ def test_mutual_information_nats_and_bits():
 def test_jacobian_determinant_of_known_fields():
     u = np.zeros((2, 6, 7))
     u[1] = 0.5 * np.arange(7)[None, :] * 2.0  # x grows 1 mm per 2 mm voxel: stretch 1.5
-    np.testing.assert_allclose(jacobian_determinant(u, spacing=(1.0, 2.0)), 1.5)
+    np.testing.assert_allclose(jacobian_determinant(u, spacing_mm=(1.0, 2.0)), 1.5)
     u3 = np.zeros((3, 4, 5, 6))
     u3[0] = -0.5 * np.arange(4)[:, None, None]  # z compressed to 0.5
     u3[2] = 1.0 * np.arange(6)[None, None, :]  # x stretched to 2

@@ -67,10 +67,10 @@ def test_registration_report_matches_cli_evaluation_and_before_values():
     pair, fixed, moving, fixed_mask, moving_mask = _pair_volumes()
     out = register_volumes(fixed, moving, fixed_mask=fixed_mask, moving_mask=moving_mask, levels=2, max_iterations=60)
     report = registration_report(out, moving_mask=moving_mask)
-    spacing = (0.5, 0.5)
+    spacing_mm = (0.5, 0.5)
     expected = evaluate_registration(
         out.fixed_mask, out.result.warped_mask, original=out.moving_on_fixed, registered=out.result.warped,
-        displacement=out.result.displacement, spacing=spacing,
+        displacement=out.result.displacement, spacing_mm=spacing_mm,
     )
     for key in ("precision", "recall", "f_measure", "udt_ssd", "mutual_information_nats", "jacobian_min", "folding_percent"):
         assert report[key] == expected[key]
@@ -78,7 +78,7 @@ def test_registration_report_matches_cli_evaluation_and_before_values():
     assert report["iterations"] == out.result.iterations and report["metric"] == "udt"
     before = overlap_scores(pair.fixed_mask, pair.moving_mask)
     assert report["f_measure_before"] == before.f_measure and report["precision_before"] == before.precision
-    assert report["udt_ssd_before"] == udt_ssd(pair.fixed_mask, pair.moving_mask, spacing)
+    assert report["udt_ssd_before"] == udt_ssd(pair.fixed_mask, pair.moving_mask, spacing_mm)
     assert report["f_measure"] > report["f_measure_before"]
     assert report["udt_ssd"] < report["udt_ssd_before"]
 

@@ -16,10 +16,13 @@ from napari_medseg.registration.metric import (
     udt_ssd,
 )
 from napari_medseg.registration.regularizers import (
+    Diffusive,
     DiffusiveRegularizer,
+    Elastic,
     ElasticRegularizer,
+    Gaussian,
     GaussianRegularizer,
-    make_regularizer,
+    regularizer_from_options,
 )
 
 
@@ -85,7 +88,7 @@ def test_ssd_force_gradient_choices():
     # diff = 0 1 2 3; grad(warped) = 1 everywhere along x; grad(fixed) = 2
     w = ssd_force(fixed, warped, gradient="warped")
     f = ssd_force(fixed, warped, gradient="fixed")
-    s = ssd_force(fixed, warped, gradient="symmetric", spacing=(1.0, 2.0))
+    s = ssd_force(fixed, warped, gradient="symmetric", spacing_mm=(1.0, 2.0))
     assert w[1, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
     assert f[1, 0].tolist() == [0.0, 2.0, 4.0, 6.0]
     assert s[1, 0].tolist() == [0.0, 0.75, 1.5, 2.25]  # mean of 0.5 and 1 per mm
@@ -121,9 +124,9 @@ def test_invalid_udt_ssd_inputs():
         udt_ssd(a, np.zeros((5, 6), bool))
     with pytest.raises(InvalidInputError, match="NaN"):
         udt_ssd(a.astype(float), np.full((5, 5), np.nan))
-    with pytest.raises(InvalidInputError, match="spacing"):
+    with pytest.raises(InvalidInputError, match="spacing_mm"):
         udt_ssd(a, a, (1.0, 0.0))
-    with pytest.raises(InvalidInputError, match="spacing"):
+    with pytest.raises(InvalidInputError, match="spacing_mm"):
         udt_ssd(a, a, (1.0, 1.0, 1.0))
     with pytest.raises(InvalidInputError, match="2D or 3D"):
         udt_ssd(np.zeros(5), np.zeros(5))
@@ -196,22 +199,35 @@ def test_diffusive_and_gaussian():
     np.testing.assert_allclose(GaussianRegularizer((10, 10), (1, 1), sigma_vox=2.0)(const), const, atol=1e-6)
     impulse = np.zeros((2, 21, 21), np.float32)
     impulse[:, 10, 10] = 1.0
-    smooth = make_regularizer("gaussian", (21, 21), (1, 1), sigma_vox=1.0)(impulse)
+    smooth = Gaussian(sigma_vox=1.0).operator((21, 21), (1, 1), tau=1.0)(impulse)
     assert smooth[0].sum() == pytest.approx(1.0, abs=1e-5)
     assert smooth[0, 10, 10] == pytest.approx(1 / (2 * np.pi), rel=0.05)
 
 
 def test_invalid_regularizer_parameters():
     with pytest.raises(InvalidInputError, match="did you mean 'elastic'"):
-        make_regularizer("elastik", (8, 8), (1, 1))
-    with pytest.raises(InvalidInputError, match="mu"):
-        make_regularizer("elastic", (8, 8), (1, 1), mu=0.0)
-    with pytest.raises(InvalidInputError, match="lambda_"):
-        make_regularizer("elastic", (8, 8), (1, 1), lambda_=-1.0)
+        regularizer_from_options("elastik")
+    with pytest.raises(InvalidInputError, match="mu=0.0"):
+        Elastic(mu=0.0)
+    with pytest.raises(InvalidInputError, match="lambda_=-1.0"):
+        Elastic(lambda_=-1.0)
+    with pytest.raises(InvalidInputError, match="alpha='x': expected a number"):
+        Diffusive(alpha="x")
     with pytest.raises(InvalidInputError, match="tau"):
-        make_regularizer("diffusive", (8, 8), (1, 1), tau=float("nan"))
+        Diffusive().operator((8, 8), (1, 1), tau=float("nan"))
     with pytest.raises(InvalidInputError, match="sigma_vox"):
-        make_regularizer("gaussian", (8, 8), (1, 1), sigma_vox=-1)
+        Gaussian(sigma_vox=-1)
+    with pytest.raises(InvalidInputError, match="sigma_vox"):  # a face's options: only the chosen one's are used
+        regularizer_from_options("gaussian", mu=-1.0, sigma_vox=float("inf"))
+
+
+def test_regularizer_objects_are_frozen_values_with_the_papers_defaults():
+    assert regularizer_from_options("elastic", mu=2.0, alpha=-5.0) == Elastic(mu=2.0, lambda_=0.5)
+    assert regularizer_from_options("diffusive") == Diffusive(alpha=0.5)
+    assert regularizer_from_options("gaussian") == Gaussian(sigma_vox=float(np.sqrt(0.5)))
+    assert Elastic(1, 0).to_dict() == {"regularizer": "elastic", "mu": 1.0, "lambda": 0.0}
+    with pytest.raises(AttributeError):
+        Elastic().mu = 1.0  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("shape, spacing", [((230, 210), (0.7, 1.3)), ((30, 40, 45), (2.0, 0.5, 0.9))])

@@ -79,7 +79,7 @@ def test_apply_field_labels_nearest_and_physical_resampling():
     out3 = apply_field(stack, field)
     assert out3.array.shape == (1, 6, 8, 2)
     np.testing.assert_allclose(out3.array[0, :, :-1, 1], 2 * labels[0, :, 1:])
-    assert np.array_equal(warp(labels[0].astype(np.float32), u, spacing=(1.0, 2.0))[:, :-1], labels[0, :, 1:])
+    assert np.array_equal(warp(labels[0].astype(np.float32), u, spacing_mm=(1.0, 2.0))[:, :-1], labels[0, :, 1:])
 
 
 def test_register_volumes_resamples_on_request():
@@ -93,8 +93,8 @@ def test_register_volumes_resamples_on_request():
 
 def test_invalid_volume_inputs():
     fixed, moving = _slice_pair()
-    with pytest.raises(InvalidInputError, match="spacing comes from"):
-        register_volumes(fixed, moving, spacing=1.0)
+    with pytest.raises(InvalidInputError, match="spacing_mm comes from"):
+        register_volumes(fixed, moving, spacing_mm=1.0)
     with pytest.raises(InvalidInputError, match="scalar image"):
         register_volumes(Volume(np.zeros((1, 48, 48, 3)), fixed.geometry), moving)
     with pytest.raises(GeometryMismatchError):

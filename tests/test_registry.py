@@ -16,12 +16,10 @@ import torch
 import yaml
 
 from napari_medseg.errors import FileFormatError, IntegrityError, InvalidInputError
-from napari_medseg.networks import build_network
 from napari_medseg.registry import (
     ModelCard,
     ModelSource,
     Registry,
-    RegistryModel,
     import_monai_bundle,
     load_model,
     load_model_folder,
@@ -31,39 +29,7 @@ from napari_medseg.registry import (
     shipped_models_dirs,
 )
 
-NET_PARAMS = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
-
-
-def tiny_card(name: str = "tiny", **overrides) -> dict:
-    card = {
-        "name": name,
-        "version": "1.0.0",
-        "description": "tiny test model",
-        "task": "segmentation",
-        "license": "Apache-2.0",
-        "authors": "Test Author",
-        "architecture": {"name": "monai.UNet", "params": dict(NET_PARAMS)},
-        "spatial_dims": 3,
-        "channels": [{"name": "image", "modality": "CT"}],
-        "labels": {0: {"name": "background", "color": [0, 0, 0]}, 1: {"name": "liver", "color": [1, 0, 0]}},
-        "spacing": [0.8, 0.8, 2.5],
-        "orientation": "ras",
-        "normalization": {"kind": "ct_window", "window_center": 40, "window_width": 400},
-        "patch_size": [8, 16, 16],
-        "overlap": 0.5,
-        "metrics": {"dice": 0.5},
-    }
-    card.update(overrides)
-    return card
-
-
-def tiny_network(seed: int = 0, out_channels: int = 2) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_network("monai.UNet", spatial_dims=3, in_channels=1, out_channels=out_channels, **NET_PARAMS).eval()
-
-
-def make_model(folder: Path, name: str = "tiny", seed: int = 0, **overrides) -> RegistryModel:
-    return save_model_folder(folder, card=tiny_card(name, **overrides), state_dict=tiny_network(seed).state_dict())
+from _models import NET_PARAMS, registry_model, tiny_card, tiny_network, write_bundle
 
 
 @pytest.fixture
@@ -98,7 +64,7 @@ def test_save_and_load_network_round_trip(tmp_path):
 
 
 def test_json_card_with_string_label_keys(tmp_path):
-    model = make_model(tmp_path / "m")
+    model = registry_model(tmp_path / "m")
     data = json.loads(json.dumps(model.card.to_dict()))  # labels keys become "0", "1"
     (tmp_path / "m" / "model.yaml").unlink()
     (tmp_path / "m" / "model.json").write_text(json.dumps(data))
@@ -121,7 +87,7 @@ def test_load_pt_state_dict_and_checkpoint(tmp_path):
 
 
 def test_to_monai_metadata(tmp_path):
-    meta = make_model(tmp_path / "m").card.to_monai_metadata()
+    meta = registry_model(tmp_path / "m").card.to_monai_metadata()
     assert meta["name"] == "tiny" and meta["version"] == "1.0.0" and meta["authors"] == "Test Author"
     image = meta["network_data_format"]["inputs"]["image"]
     pred = meta["network_data_format"]["outputs"]["pred"]
@@ -169,7 +135,7 @@ def test_invalid_card_names_the_field(tmp_path, overrides, expected):
 
 
 def test_invalid_card_sha_and_weights_suffix(tmp_path):
-    model = make_model(tmp_path / "m")
+    model = registry_model(tmp_path / "m")
     card_path = tmp_path / "m" / "model.yaml"
     data = yaml.safe_load(card_path.read_text())
     for weights, expected in (
@@ -202,7 +168,7 @@ def test_invalid_card_files(tmp_path):
 
 # ------------------------------------------------------------------------------------ security
 def test_invalid_tampered_weights_refused(tmp_path):
-    model = make_model(tmp_path / "m")
+    model = registry_model(tmp_path / "m")
     weights = model.weights_path()
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF  # flip one byte of the last tensor
@@ -244,7 +210,7 @@ def test_invalid_corrupt_weights_with_matching_hash(tmp_path, file, content, exp
 
 
 def test_invalid_missing_weights(tmp_path):
-    model = make_model(tmp_path / "m")
+    model = registry_model(tmp_path / "m")
     model.weights_path().unlink()
     with pytest.raises(FileFormatError, match="is missing"):
         model.verify()
@@ -259,7 +225,7 @@ def test_invalid_missing_weights(tmp_path):
     ],
 )
 def test_invalid_escaping_path(tmp_path, file, expected):
-    model = make_model(tmp_path / "m")
+    model = registry_model(tmp_path / "m")
     card_path = tmp_path / "m" / "model.yaml"
     data = yaml.safe_load(card_path.read_text())
     data["weights"]["file"] = file
@@ -271,14 +237,14 @@ def test_invalid_escaping_path(tmp_path, file, expected):
 
 
 def test_invalid_symlink_out_of_folder(tmp_path):
-    make_model(tmp_path / "m")
+    registry_model(tmp_path / "m")
     outside = tmp_path / "outside.safetensors"
     os.replace(tmp_path / "m" / "model.safetensors", outside)
     os.symlink(outside, tmp_path / "m" / "model.safetensors")
     with pytest.raises(IntegrityError, match="outside the model folder"):
         load_model_folder(tmp_path / "m")
     # a card that is itself a symlink to a file elsewhere is refused too
-    make_model(tmp_path / "n")
+    registry_model(tmp_path / "n")
     os.replace(tmp_path / "n" / "model.yaml", tmp_path / "card.yaml")
     os.symlink(tmp_path / "card.yaml", tmp_path / "n" / "model.yaml")
     with pytest.raises(IntegrityError, match="outside the model folder"):
@@ -331,9 +297,9 @@ def test_invalid_save_model_folder_arguments(tmp_path):
         save_model_folder(tmp_path / "a", card=tiny_card(), state_dict={"w": [1, 2]})
     with pytest.raises(InvalidInputError, match="non-empty mapping"):
         save_model_folder(tmp_path / "a", card=tiny_card(), state_dict={})
-    make_model(tmp_path / "b")
+    registry_model(tmp_path / "b")
     with pytest.raises(InvalidInputError, match="overwrite=True"):
-        make_model(tmp_path / "b", seed=1)
+        registry_model(tmp_path / "b", seed=1)
     replaced = save_model_folder(tmp_path / "b", card=tiny_card(), state_dict=tiny_network(1).state_dict(),
                                  overwrite=True)
     assert replaced.load_state_dict()["model.0.conv.weight"].equal(tiny_network(1).state_dict()["model.0.conv.weight"])
@@ -362,9 +328,9 @@ def test_extra_files_are_verified(tmp_path):
 # ------------------------------------------------------------------------------------ registry
 def test_search_order_and_shadowing(env_dirs, tmp_path):
     user, env = env_dirs
-    make_model(env / "tiny", seed=1)
-    make_model(user / "tiny-user-copy", name="tiny", seed=2)
-    make_model(user / "other", name="other")
+    registry_model(env / "tiny", seed=1)
+    registry_model(user / "tiny-user-copy", name="tiny", seed=2)
+    registry_model(user / "other", name="other")
     (user / "broken").mkdir()
     (user / "broken" / "model.yaml").write_text("name: broken\n")
     registry = Registry()
@@ -383,8 +349,8 @@ def test_search_order_and_shadowing(env_dirs, tmp_path):
 
 
 def test_explicit_paths_first_wins(tmp_path):
-    make_model(tmp_path / "a" / "x", name="m", seed=1)
-    make_model(tmp_path / "b" / "y", name="m", seed=2)
+    registry_model(tmp_path / "a" / "x", name="m", seed=1)
+    registry_model(tmp_path / "b" / "y", name="m", seed=2)
     registry = Registry([tmp_path / "b", tmp_path / "a"], user_dir=tmp_path / "u")
     assert registry.get("m").folder == (tmp_path / "b" / "y").resolve()
     assert registry.get("m").source is ModelSource.PATH
@@ -393,8 +359,8 @@ def test_explicit_paths_first_wins(tmp_path):
 
 
 def test_invalid_unknown_name_lists_close_matches(tmp_path):
-    make_model(tmp_path / "r" / "liver-ct", name="liver-ct")
-    make_model(tmp_path / "r" / "brain-mr", name="brain-mr")
+    registry_model(tmp_path / "r" / "liver-ct", name="liver-ct")
+    registry_model(tmp_path / "r" / "brain-mr", name="brain-mr")
     registry = Registry([tmp_path / "r"])
     with pytest.raises(InvalidInputError, match=r"no model named 'livr-ct' .*did you mean 'liver-ct'\?"):
         registry.get("livr-ct")
@@ -408,7 +374,7 @@ def test_invalid_unknown_name_lists_close_matches(tmp_path):
 
 
 def test_load_model_by_name_or_folder(tmp_path, monkeypatch):
-    make_model(tmp_path / "r" / "tiny")
+    registry_model(tmp_path / "r" / "tiny")
     registry = Registry([tmp_path / "r"])
     assert load_model("tiny", registry=registry).source is ModelSource.PATH
     assert load_model(tmp_path / "r" / "tiny").folder == (tmp_path / "r" / "tiny").resolve()
@@ -419,7 +385,7 @@ def test_load_model_by_name_or_folder(tmp_path, monkeypatch):
 
 def test_add_copies_verified_files_atomically(env_dirs, tmp_path):
     user, _ = env_dirs
-    source = make_model(tmp_path / "src" / "whatever", name="liver")
+    source = registry_model(tmp_path / "src" / "whatever", name="liver")
     (tmp_path / "src" / "whatever" / "stray.bin").write_bytes(b"not named by the card")
     registry = Registry()
     added = registry.add(tmp_path / "src" / "whatever")
@@ -429,14 +395,14 @@ def test_add_copies_verified_files_atomically(env_dirs, tmp_path):
     assert registry.verify("liver") == {"liver": source.sha256}
     with pytest.raises(InvalidInputError, match="already exists"):
         registry.add(tmp_path / "src" / "whatever")
-    other = make_model(tmp_path / "src2", name="liver", seed=9)
+    other = registry_model(tmp_path / "src2", name="liver", seed=9)
     assert registry.add(tmp_path / "src2", force=True).sha256 == other.sha256
     assert [p.name for p in user.iterdir()] == ["liver"]  # no temporary folders left
 
 
 def test_invalid_add_tampered_folder_leaves_nothing(env_dirs, tmp_path):
     user, _ = env_dirs
-    model = make_model(tmp_path / "src", name="liver")
+    model = registry_model(tmp_path / "src", name="liver")
     model.weights_path().write_bytes(model.weights_path().read_bytes()[:-4])
     with pytest.raises(IntegrityError, match="sha256 mismatch"):
         Registry().add(tmp_path / "src")
@@ -445,9 +411,9 @@ def test_invalid_add_tampered_folder_leaves_nothing(env_dirs, tmp_path):
 
 def test_remove_only_from_user_folder(env_dirs, tmp_path):
     user, env = env_dirs
-    make_model(env / "shared", name="shared")
+    registry_model(env / "shared", name="shared")
     registry = Registry()
-    registry.add(make_model(tmp_path / "src", name="mine").folder)
+    registry.add(registry_model(tmp_path / "src", name="mine").folder)
     assert registry.remove("mine") == (user / "mine").resolve()
     assert not (user / "mine").exists() and list(user.iterdir()) == []
     with pytest.raises(InvalidInputError, match="only models in the user folder can be removed"):
@@ -466,59 +432,6 @@ def test_shipped_models_folder_of_the_checkout():
 
 
 # ------------------------------------------------------------------------------------ MONAI bundles
-def write_bundle(root: Path, *, seed: int = 0, network_def: dict | None = None, metadata: dict | None = None,
-                 checkpoint: bool = False, transforms: list | None = None) -> tuple[Path, torch.nn.Module]:
-    """A MONAI bundle folder as the model zoo lays it out, with a tiny UNet."""
-    net = tiny_network(seed)
-    (root / "configs").mkdir(parents=True)
-    (root / "models").mkdir()
-    meta = {
-        "version": "0.2.0",
-        "monai_version": "1.3.0",
-        "task": "Decathlon spleen segmentation",
-        "description": "A tiny spleen model",
-        "authors": "MONAI team",
-        "copyright": "Copyright (c) MONAI Consortium",
-        "eval_metrics": {"mean_dice": 0.96, "note": "text is dropped"},
-        "intended_use": "tests only",
-        "references": ["Kerfoot et al. 2019"],
-        "network_data_format": {
-            "inputs": {"image": {"type": "image", "format": "hounsfield", "modality": "CT", "num_channels": 1,
-                                 "spatial_shape": [96, 96, 96], "channel_def": {"0": "image"}}},
-            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": 2,
-                                 "spatial_shape": [96, 96, 96], "channel_def": {"0": "background", "1": "spleen"}}},
-        },
-    }
-    meta.update(metadata or {})
-    inference = {
-        "bundle_root": ".",
-        "num_classes": 2,
-        "device": "$torch.device('cpu')",
-        "network_def": network_def or {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1,
-                                       "out_channels": "@num_classes", **NET_PARAMS},
-        "network": "$@network_def.to(@device)",
-        "preprocessing": {"_target_": "Compose", "transforms": transforms if transforms is not None else [
-            {"_target_": "LoadImaged", "keys": "image"},
-            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
-            {"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0], "mode": "bilinear"},
-            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -57, "a_max": 164, "b_min": 0.0,
-             "b_max": 1.0, "clip": True},
-        ]},
-        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 24, 16], "sw_batch_size": 4, "overlap": 0.5},
-        "postprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image"},
-            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-        ]},
-    }
-    (root / "configs" / "metadata.json").write_text(json.dumps(meta))
-    (root / "configs" / "inference.json").write_text(json.dumps(inference))
-    (root / "LICENSE").write_text("                                 Apache License\n  Version 2.0, January 2004\n")
-    state = {"model": net.state_dict(), "epoch": 3} if checkpoint else net.state_dict()
-    torch.save(state, root / "models" / "model.pt")
-    return root, net
-
-
 def test_import_monai_bundle(tmp_path):
     bundle, net = write_bundle(tmp_path / "spleen_ct_segmentation", checkpoint=True)
     model = import_monai_bundle(bundle, tmp_path / "out")
@@ -613,7 +526,7 @@ def test_invalid_bundle_weights_do_not_fit(tmp_path):
 def test_card_is_not_modified_by_save(tmp_path):
     card = tiny_card()
     before = copy.deepcopy(card)
-    make_model(tmp_path / "m")
+    registry_model(tmp_path / "m")
     save_model_folder(tmp_path / "n", card=card, state_dict=tiny_network().state_dict())
     assert card == before
     model_card = ModelCard.model_validate({**card, "weights": {"file": "w.pt", "sha256": "0" * 64}})

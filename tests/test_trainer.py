@@ -10,28 +10,13 @@ import threading
 import numpy as np
 import pytest
 import torch
+from _training import make_dataset
 
 from napari_medseg.errors import CancelledError, InvalidInputError
 from napari_medseg.registry import load_model_folder
 from napari_medseg.training.config import TrainConfig
 from napari_medseg.training.trainer import TrainingDivergedError, freeze_parameters, train
 from napari_medseg.volume import Geometry, Volume, write_volume
-
-
-def make_dataset(root, n_cases=4, shape=(12, 24, 24), seed=0):
-    """Bright spheres (label 1) and a dim box (label 2) in noise, on an anisotropic grid."""
-    rng = np.random.default_rng(seed)
-    geometry = Geometry((1.0, 1.0, 2.0), (3.0, -4.0, 5.0))
-    z, y, x = np.indices(shape)
-    for i in range(n_cases):
-        labels = np.zeros(shape, np.uint8)
-        c = rng.integers(5, 19, 3)
-        labels[((2 * (z - c[0] // 2)) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) < 30] = 1
-        labels[1:4, 2:8, 2:8] = 2
-        image = np.where(labels == 1, 3.0, np.where(labels == 2, 1.5, 0.0)) + rng.normal(0, 0.4, shape)
-        write_volume(Volume(image.astype(np.float32), geometry), root / "imagesTr" / f"case{i}.nii.gz")
-        write_volume(Volume(labels, geometry), root / "labelsTr" / f"case{i}.nii.gz")
-    return root
 
 
 def tiny_config(data, output, **overrides) -> TrainConfig:

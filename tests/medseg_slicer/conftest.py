@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from _models import make_model, tissue_card
 
 MODULE_DIR = Path(__file__).resolve().parents[2] / "slicer_extension" / "MedSeg"
 if str(MODULE_DIR) not in sys.path:
@@ -43,33 +44,9 @@ def medseg_env(tmp_path, monkeypatch):
     return env
 
 
-def write_tiny_model(folder: Path, *, name: str = "tiny-seg", seed: int = 0):
-    """A 3D U-Net with random weights: labels 0/1/2 (background, tissue1, tissue2), spacing 1 x 1 x 2 mm."""
-    import torch
-
-    from napari_medseg.networks import build_network
-    from napari_medseg.registry import save_model_folder
-
-    params = {"channels": [4, 8]}
-    placement = ["decoder", "head"]
-    torch.manual_seed(seed)
-    net = build_network("unet", spatial_dims=3, in_channels=1, out_channels=3, dropout_rate=0.2,
-                        dropout_placement=placement, **params)
-    colors = {0: (0.0, 0.0, 0.0), 1: (1.0, 0.0, 0.0), 2: (0.0, 0.8, 0.2)}
-    card = {
-        "name": name, "version": "1.0", "description": "tiny test model", "task": "segmentation",
-        "license": "Apache-2.0", "architecture": {"name": "unet", "params": params}, "spatial_dims": 3,
-        "channels": [{"name": "T1", "modality": "MR"}],
-        "labels": {v: {"name": "background" if v == 0 else f"tissue{v}", "color": colors[v]} for v in (0, 1, 2)},
-        "spacing": (1.0, 1.0, 2.0), "orientation": None, "normalization": {"kind": "zscore"},
-        "patch_size": (8, 16, 16), "dropout": {"placement": placement, "rate": 0.2},
-    }
-    return save_model_folder(folder / name, card=card, state_dict=net.state_dict())
-
-
 @pytest.fixture
 def tiny_model(medseg_env):
-    return write_tiny_model(medseg_env.models)
+    return make_model(medseg_env.models, card=tissue_card())
 
 
 def small_array(shape=(10, 24, 28)) -> np.ndarray:

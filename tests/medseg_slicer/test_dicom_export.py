@@ -9,8 +9,8 @@ import numpy as np
 import pydicom
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/dicom_series.py
-from dicom_series import oblique_direction, phantom, write_series  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/_dicom.py
+from _dicom import oblique_direction, phantom, write_patient_series  # noqa: E402
 from MedSegLib import dicom_export, nodes  # noqa: E402
 
 from napari_medseg.errors import InvalidInputError  # noqa: E402
@@ -21,7 +21,7 @@ pytest.importorskip("highdicom")
 
 def test_segmentation_node_exports_as_dicom_seg_of_its_source(scene, tmp_path):
     image, labels = phantom()
-    folder = write_series(tmp_path / "dicom", image, direction=oblique_direction())
+    folder = write_patient_series(tmp_path / "dicom", image, direction=oblique_direction())
     source = read_volume(folder)
     volume_node = nodes.volume_to_node(source, scene, name="ct")
     # what Slicer's DICOM plugin records on a loaded volume, and its database's uid -> file lookup

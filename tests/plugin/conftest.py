@@ -7,11 +7,11 @@ display.
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from _models import make_model, tissue_card
 from conftest import ellipsoid_mask
 
 from napari_medseg.volume import Geometry, Volume
@@ -38,37 +38,10 @@ def medseg_env(tmp_path, monkeypatch):
     torch.set_num_threads(before)
 
 
-def write_tiny_model(folder: Path, *, name: str = "tiny-seg", labels=(0, 1, 2), channels=(4, 8), seed: int = 0,
-                     spacing=(1.0, 1.0, 2.0), **card_fields):
-    """A 3D U-Net registry model with random weights, dropout in the decoder and before the head."""
-    import torch
-
-    from napari_medseg.networks import build_network
-    from napari_medseg.registry import save_model_folder
-
-    params = {"channels": list(channels)}
-    placement = ["decoder", "head"]
-    torch.manual_seed(seed)
-    net = build_network("unet", spatial_dims=3, in_channels=1, out_channels=len(labels), dropout_rate=0.2,
-                        dropout_placement=placement, **params)
-    colors = {0: (0.0, 0.0, 0.0), 1: (1.0, 0.0, 0.0), 2: (0.0, 0.8, 0.2), 3: (0.1, 0.2, 0.9)}
-    card = {
-        "name": name, "version": "1.0", "description": "tiny test model", "task": "segmentation",
-        "license": "Apache-2.0", "architecture": {"name": "unet", "params": params}, "spatial_dims": 3,
-        "channels": [{"name": "T1", "modality": "MR"}],
-        "labels": {v: {"name": "background" if v == 0 else f"tissue{v}", "color": colors[v]} for v in labels},
-        "spacing": spacing, "orientation": None, "normalization": {"kind": "zscore"},
-        "patch_size": (8, 16, 16), "dropout": {"placement": placement, "rate": 0.2},
-        "metrics": {"dice_tissue1": 0.5},
-    }
-    card.update(card_fields)
-    return save_model_folder(folder / name, card=card, state_dict=net.state_dict())
-
-
 @pytest.fixture
 def tiny_model(medseg_env):
     """A registry model ``tiny-seg`` in the test's registry (spacing 1 x 1 x 2 mm, labels 0, 1, 2)."""
-    return write_tiny_model(medseg_env.models)
+    return make_model(medseg_env.models, card=tissue_card())
 
 
 def _small_array(shape=(10, 24, 28), spacing_zyx=(2.0, 1.0, 1.0)) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from test_registry import write_bundle
+from _models import make_model, tissue_card, write_bundle
 
 from napari_medseg.errors import CancelledError
 from napari_medseg.plugin._models import (
@@ -19,13 +19,12 @@ from napari_medseg.plugin._worker import plugin_events
 from napari_medseg.registry import Registry
 
 from ._helpers import click_and_wait
-from .conftest import write_tiny_model
 
 
 @pytest.fixture
 def two_models(medseg_env, tiny_model):
     """``tiny-seg`` in MEDSEG_MODELS (source env) and ``user-seg`` in the user folder (source user)."""
-    user = write_tiny_model(medseg_env.user_models, name="user-seg", labels=(0, 1), spacing=(0.5, 0.5, 3.0), seed=1)
+    user = make_model(medseg_env.user_models, card=tissue_card("user-seg", labels=(0, 1), spacing=(0.5, 0.5, 3.0)), seed=1)
     return tiny_model, user
 
 
@@ -95,7 +94,7 @@ def test_verify_ok_then_tampered_weights(make_napari_viewer, qtbot, two_models, 
 
 def test_import_folder_then_remove(make_napari_viewer, qtbot, two_models, tmp_path, medseg_env):
     widget = _widget(make_napari_viewer)
-    incoming = write_tiny_model(tmp_path / "incoming", name="third-seg", seed=2)
+    incoming = make_model(tmp_path / "incoming", card=tissue_card("third-seg"), seed=2)
     changed = []
     plugin_events().registry_changed.connect(lambda: changed.append(True))
     with qtbot.waitSignal(widget.import_runner.finished, timeout=20000):

@@ -167,7 +167,7 @@ def test_invalid_imzml_mz_environment(tmp_path, monkeypatch, notifications):
 
 
 def test_dicom_study_gives_one_layer_per_series_and_4d_layers(tmp_path, make_napari_viewer, notifications):
-    from dicom_builders import ORIENTATIONS, write_series
+    from _dicom import ORIENTATIONS, write_series
 
     rng = np.random.default_rng(0)
     t1 = rng.integers(0, 500, (4, 10, 8)).astype(np.int16)

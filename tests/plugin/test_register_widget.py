@@ -13,6 +13,7 @@ from napari_medseg.plugin._layers import (
     labels_layer_data,
 )
 from napari_medseg.registration.evaluate import overlap_scores, registration_report
+from napari_medseg.registration.regularizers import Elastic
 from napari_medseg.registration.synthetic import synthetic_pair
 from napari_medseg.registration.volumes import apply_field, register_volumes
 from napari_medseg.volume import Geometry, Volume
@@ -73,7 +74,7 @@ def test_register_synthetic_pair(widget, qtbot, pair_volumes):
     # the same numbers as a direct core call with the same parameters (medseg register --json)
     direct = register_volumes(
         pair_volumes["fixed"], pair_volumes["moving"], fixed_mask=pair_volumes["fixed mask"],
-        moving_mask=pair_volumes["moving mask"], metric="udt", regularizer="elastic", mu=0.5, lambda_=0.5, tau=1.0,
+        moving_mask=pair_volumes["moving mask"], metric="udt", regularizer=Elastic(mu=0.5, lambda_=0.5), tau=1.0,
         scale_invariant=False, **PARAMS,
     )
     expected = registration_report(direct, moving_mask=pair_volumes["moving mask"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _models import make_model, tissue_card
 from qtpy.QtCore import Qt
 
 from napari_medseg.errors import InvalidInputError
@@ -17,7 +18,7 @@ from napari_medseg.uncertainty import labels_from_probabilities
 from napari_medseg.volume import Geometry, Volume
 
 from ._helpers import add_volume, click_and_wait
-from .conftest import _small_array, write_tiny_model
+from .conftest import _small_array
 
 _TIMEOUT_MS = 60_000
 
@@ -85,7 +86,7 @@ def test_card_summary_and_registry_refresh(make_napari_viewer, qtbot, tiny_model
     for expected in ("tiny-seg", "T1 (MR)", "tissue1", "tissue2", "#ff0000", "1 x 1 x 2 mm (x, y, z)",
                      "decoder, head", "rate 0.2", "dice_tissue1 0.5"):
         assert expected in text, expected
-    write_tiny_model(medseg_env.models, name="other-seg", labels=(0, 1))
+    make_model(medseg_env.models, card=tissue_card("other-seg", labels=(0, 1)))
     from napari_medseg.plugin._worker import plugin_events
 
     plugin_events().registry_changed.emit()

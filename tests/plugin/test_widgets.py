@@ -114,10 +114,13 @@ def test_spin_boxes(qtbot):
     box = double_spin(0.25, 0.0, 1.0, 0.05, decimals=2, tooltip="t")
     assert (box.value(), box.minimum(), box.maximum(), box.singleStep(), box.decimals(), box.toolTip()) == (
         0.25, 0.0, 1.0, 0.05, 2, "t")
-    box.setValue(3.0)
-    assert box.value() == 1.0  # clamped to the range
+    # the decimals are set before the range and the value: a default needing 3 decimals is kept exactly
+    # (Qt's own default of 2 decimals would round it to 0.13 and the minimum to 0.0)
+    fine = double_spin(0.125, 0.001, 1.0, 0.001)
+    assert (fine.value(), fine.minimum(), fine.decimals(), fine.toolTip()) == (0.125, 0.001, 3, "")
     spin = int_spin(7, 0, 10, 2)
     assert (spin.value(), spin.minimum(), spin.maximum(), spin.singleStep()) == (7, 0, 10, 2)
+    assert int_spin(3, 0, 10, 0).singleStep() == 1  # a zero step would freeze the arrows: at least 1
 
 
 def test_refill_keeps_the_current_text(qtbot):

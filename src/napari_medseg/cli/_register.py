@@ -121,6 +121,7 @@ def _register(args: argparse.Namespace, *, progress, cancel) -> dict:
     from pathlib import Path
 
     from napari_medseg.registration.evaluate import registration_report
+    from napari_medseg.registration.regularizers import regularizer_from_options
     from napari_medseg.registration.volumes import register_volumes
     from napari_medseg.volume import read_labels, write_volume
 
@@ -130,6 +131,8 @@ def _register(args: argparse.Namespace, *, progress, cancel) -> dict:
         {"--out": args.out, "--field": args.field, "--warped-mask": args.warped_mask},
         {"--fixed": args.fixed, "--moving": args.moving, "--fixed-mask": args.fixed_mask, "--moving-mask": args.moving_mask},
     )
+    # before reading any image: a bad --regularizer/--mu/--lambda is an error naming the option
+    regularizer = regularizer_from_options(args.regularizer, mu=args.mu, lambda_=args.lambda_)
     fixed = _read_image(args.fixed, args, "--fixed")
     moving = _read_image(args.moving, args, "--moving")
     fixed_mask = read_labels(args.fixed_mask) if args.fixed_mask else None
@@ -141,12 +144,10 @@ def _register(args: argparse.Namespace, *, progress, cancel) -> dict:
         moving_mask=moving_mask,
         resample_moving=args.resample,
         metric=args.metric,
-        regularizer=args.regularizer,
+        regularizer=regularizer,
         levels=args.levels,
         max_iterations=args.iterations,
         tau=args.tau,
-        mu=args.mu,
-        lambda_=args.lambda_,
         scale_invariant=args.scale_invariant,
         progress=progress,
         cancel=cancel,

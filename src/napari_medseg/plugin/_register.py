@@ -96,15 +96,22 @@ def run_registration(
 ) -> RegistrationOutput:
     """``register_volumes`` + ``registration_report`` + ``displacement_magnitude`` (worker side).
 
-    ``parameters`` are the keyword arguments of :func:`~napari_medseg.registration.register`
-    (``metric``, ``regularizer``, ``mu``, ``lambda_``, ``tau``, ``levels``, ``max_iterations``,
-    ``scale_invariant``). Raises what they raise; a grid mismatch names the widget's option.
+    ``parameters`` are the widget's JSON-ready values (``metric``, ``regularizer``, ``mu``,
+    ``lambda_``, ``tau``, ``levels``, ``max_iterations``, ``scale_invariant``): the regulariser's
+    name and options become its object, the rest are keyword arguments of
+    :func:`~napari_medseg.registration.register`. Raises what they raise; a grid mismatch names
+    the widget's option.
     """
     from napari_medseg.registration.evaluate import (
         displacement_magnitude,
         registration_report,
     )
+    from napari_medseg.registration.regularizers import regularizer_from_options
     from napari_medseg.registration.volumes import register_volumes
+
+    kwargs = dict(parameters)
+    options = {k: kwargs.pop(k) for k in ("mu", "lambda_", "alpha", "sigma_vox") if k in kwargs}
+    kwargs["regularizer"] = regularizer_from_options(kwargs.get("regularizer", "elastic"), **options)
 
     try:
         registration = register_volumes(
@@ -115,7 +122,7 @@ def run_registration(
             resample_moving=resample_moving,
             progress=progress,
             cancel=cancel,
-            **parameters,
+            **kwargs,
         )
     except GeometryMismatchError as exc:
         if resample_moving or "resample" not in str(exc):

@@ -1,7 +1,8 @@
 """Deformable registration of MALDI-MS and MRI images with the UDT-SSD metric.
 
-Array functions (2D ``(y, x)`` or 3D ``(z, y, x)`` arrays and ``spacing`` in mm per array axis):
-:func:`register`, :func:`udt_ssd`, :func:`udt_force`, :func:`warp`; evaluation in
+Array functions (2D ``(y, x)`` or 3D ``(z, y, x)`` arrays and ``spacing_mm`` in mm per array axis):
+:func:`register` (with a regulariser object :class:`Elastic`, :class:`Diffusive` or
+:class:`Gaussian`), :func:`udt_ssd`, :func:`udt_force`, :func:`warp`; evaluation in
 :mod:`.evaluate`; a Fig. 4-like synthetic pair in :mod:`.synthetic`; imzML reading in
 :mod:`.imzml`; Volume-level wrappers :func:`register_volumes` and :func:`apply_field`.
 """
@@ -17,7 +18,7 @@ from napari_medseg.registration.metric import (
     udt_ssd,
 )
 from napari_medseg.registration.register import RegistrationResult, RegistrationWarning, auto_mask, register, warp
-from napari_medseg.registration.regularizers import Regularizer, make_regularizer
+from napari_medseg.registration.regularizers import Diffusive, Elastic, Gaussian, Regularizer, regularizer_from_options
 from napari_medseg.registration.volumes import (
     apply_field,
     displacement_to_volume,
@@ -26,7 +27,10 @@ from napari_medseg.registration.volumes import (
 )
 
 __all__ = [
+    "Diffusive",
+    "Elastic",
     "ForceGradient",
+    "Gaussian",
     "Metric",
     "Regularizer",
     "RegistrationResult",
@@ -36,9 +40,9 @@ __all__ = [
     "displacement_to_volume",
     "distance_transform",
     "local_scale",
-    "make_regularizer",
     "register",
     "register_volumes",
+    "regularizer_from_options",
     "scale_invariant_distance_transform",
     "ssd_force",
     "udt_force",

@@ -138,14 +138,14 @@ def mutual_information(a: np.ndarray, b: np.ndarray, *, bins: int = 20, base: fl
     return mi / math.log(base)
 
 
-def jacobian_determinant(displacement: np.ndarray, *, spacing: float | Sequence[float] | None = None) -> np.ndarray:
+def jacobian_determinant(displacement: np.ndarray, *, spacing_mm: float | Sequence[float] | None = None) -> np.ndarray:
     """Jacobian determinant of ``phi(x) = x + u(x)`` per voxel (central differences).
 
     Parameters
     ----------
     displacement : numpy.ndarray
         ``u``, shape ``(ndim, *shape)`` in mm, ndim 2 or 3.
-    spacing : float or sequence of float, optional
+    spacing_mm : float or sequence of float, optional
         Voxel size in mm per array axis (default 1).
 
     Returns
@@ -169,7 +169,7 @@ def jacobian_determinant(displacement: np.ndarray, *, spacing: float | Sequence[
     if u.ndim not in (3, 4) or u.shape[0] != u.ndim - 1:
         raise InvalidInputError(f"displacement has shape {u.shape}; expected (ndim, *shape) with ndim 2 or 3")
     ndim = u.shape[0]
-    sampling = normalize_spacing(spacing, ndim)
+    sampling = normalize_spacing(spacing_mm, ndim)
     jac = np.empty((ndim, ndim, *u.shape[1:]))
     for i in range(ndim):
         grads = np.gradient(u[i], *sampling)
@@ -184,10 +184,10 @@ def jacobian_determinant(displacement: np.ndarray, *, spacing: float | Sequence[
     )
 
 
-def folding(displacement: np.ndarray, *, spacing: float | Sequence[float] | None = None) -> dict:
+def folding(displacement: np.ndarray, *, spacing_mm: float | Sequence[float] | None = None) -> dict:
     """``{"jacobian_min": ..., "folding_percent": ...}``: the smallest Jacobian determinant and the
     percentage of voxels where it is <= 0."""
-    det = jacobian_determinant(displacement, spacing=spacing)
+    det = jacobian_determinant(displacement, spacing_mm=spacing_mm)
     return {"jacobian_min": float(det.min()), "folding_percent": float(100.0 * np.count_nonzero(det <= 0) / det.size)}
 
 
@@ -199,7 +199,7 @@ def evaluate_registration(
     registered: np.ndarray | None = None,
     reference_image: np.ndarray | None = None,
     displacement: np.ndarray | None = None,
-    spacing: float | Sequence[float] | None = None,
+    spacing_mm: float | Sequence[float] | None = None,
     bins: int = 20,
 ) -> dict:
     """All the measures in one JSON-ready dict.
@@ -216,7 +216,7 @@ def evaluate_registration(
         (``precision_intensity``, ``recall_intensity``, ``f_measure_intensity``).
     displacement : numpy.ndarray, optional
         The field: adds ``jacobian_min`` and ``folding_percent``.
-    spacing : float or sequence of float, optional
+    spacing_mm : float or sequence of float, optional
         Voxel size in mm per array axis (default 1).
     bins : int, default 20
         Mutual-information histogram bins.
@@ -232,7 +232,7 @@ def evaluate_registration(
         If shapes differ.
     """
     out = overlap_scores(reference_mask, registered_mask).to_dict()
-    out["udt_ssd"] = udt_ssd(np.asarray(reference_mask, bool), np.asarray(registered_mask, bool), spacing)
+    out["udt_ssd"] = udt_ssd(np.asarray(reference_mask, bool), np.asarray(registered_mask, bool), spacing_mm)
     if original is not None and registered is not None:
         nats = mutual_information(original, registered, bins=bins)
         out["mutual_information_nats"] = nats
@@ -245,7 +245,7 @@ def evaluate_registration(
         scores = overlap_scores(ref > threshold_otsu(ref), reg > threshold_otsu(reg))
         out.update({f"{k}_intensity": v for k, v in scores.to_dict().items()})
     if displacement is not None:
-        out.update(folding(displacement, spacing=spacing))
+        out.update(folding(displacement, spacing_mm=spacing_mm))
     return out
 
 
@@ -374,7 +374,7 @@ def registration_report(registration, *, moving_mask=None) -> dict:
     fixed_volume = registration.warped
     result = registration.result
     single_slice = fixed_volume.shape[0] == 1
-    spacing = fixed_volume.spacing_zyx[1:] if single_slice else fixed_volume.spacing_zyx
+    spacing_mm = fixed_volume.spacing_zyx[1:] if single_slice else fixed_volume.spacing_zyx
     if moving_mask is None:
         before_mask = auto_mask(registration.moving_on_fixed)
     else:
@@ -392,7 +392,7 @@ def registration_report(registration, *, moving_mask=None) -> dict:
         original=registration.moving_on_fixed,
         registered=result.warped,
         displacement=result.displacement,
-        spacing=spacing,
+        spacing_mm=spacing_mm,
     )
     before = overlap_scores(registration.fixed_mask, before_mask)
     return {
@@ -412,5 +412,5 @@ def registration_report(registration, *, moving_mask=None) -> dict:
         "precision_before": before.precision,
         "recall_before": before.recall,
         "f_measure_before": before.f_measure,
-        "udt_ssd_before": udt_ssd(np.asarray(registration.fixed_mask, bool), before_mask, spacing),
+        "udt_ssd_before": udt_ssd(np.asarray(registration.fixed_mask, bool), before_mask, spacing_mm),
     }

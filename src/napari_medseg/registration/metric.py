@@ -71,8 +71,8 @@ class ForceGradient(StrEnum):
     SYMMETRIC = "symmetric"
 
 
-def normalize_spacing(spacing: float | Sequence[float] | None, ndim: int, *, name: str = "spacing") -> tuple[float, ...]:
-    """Return ``spacing`` as one positive float per array axis (mm, array order).
+def normalize_spacing(spacing_mm: float | Sequence[float] | None, ndim: int, *, name: str = "spacing_mm") -> tuple[float, ...]:
+    """Return ``spacing_mm`` as one positive float per array axis (mm, array order).
 
     Raises
     ------
@@ -81,7 +81,7 @@ def normalize_spacing(spacing: float | Sequence[float] | None, ndim: int, *, nam
     """
     from napari_medseg._validate import check_spacing_mm  # the one spacing check
 
-    return (1.0,) * ndim if spacing is None else check_spacing_mm(spacing, ndim, name=name, allow_scalar=True)
+    return (1.0,) * ndim if spacing_mm is None else check_spacing_mm(spacing_mm, ndim, name=name, allow_scalar=True)
 
 
 def check_mask(mask: np.ndarray, *, name: str, border: bool = True) -> np.ndarray:
@@ -126,14 +126,14 @@ def check_mask(mask: np.ndarray, *, name: str, border: bool = True) -> np.ndarra
     return out
 
 
-def local_scale(mask: np.ndarray, spacing: float | Sequence[float] | None = None) -> np.ndarray:
+def local_scale(mask: np.ndarray, spacing_mm: float | Sequence[float] | None = None) -> np.ndarray:
     """Local object scale in mm: the DT value (inscribed-ball radius) at the nearest skeleton voxel.
 
     Parameters
     ----------
     mask : numpy.ndarray
         2D or 3D object mask (non-zero is the object).
-    spacing : float or sequence of float, optional
+    spacing_mm : float or sequence of float, optional
         Voxel size in mm per array axis (default 1).
 
     Returns
@@ -152,7 +152,7 @@ def local_scale(mask: np.ndarray, spacing: float | Sequence[float] | None = None
     mask = np.asarray(mask).astype(bool, copy=False)
     if not mask.any():
         raise InvalidInputError("local_scale: the mask is empty")
-    sampling = normalize_spacing(spacing, mask.ndim)
+    sampling = normalize_spacing(spacing_mm, mask.ndim)
     distance = ndimage.distance_transform_edt(mask, sampling=sampling)
     skeleton = skeletonize(mask)
     if not skeleton.any():
@@ -162,7 +162,7 @@ def local_scale(mask: np.ndarray, spacing: float | Sequence[float] | None = None
 
 
 def scale_invariant_distance_transform(
-    mask: np.ndarray, spacing: float | Sequence[float] | None = None, *, scale: np.ndarray | None = None
+    mask: np.ndarray, spacing_mm: float | Sequence[float] | None = None, *, scale: np.ndarray | None = None
 ) -> np.ndarray:
     """Distance transform divided by the local object scale (the paper's future-work proposal).
 
@@ -176,7 +176,7 @@ def scale_invariant_distance_transform(
     ----------
     mask : numpy.ndarray
         2D or 3D object mask.
-    spacing : float or sequence of float, optional
+    spacing_mm : float or sequence of float, optional
         Voxel size in mm per array axis (default 1).
     scale : numpy.ndarray, optional
         Local scale map in mm (same shape, > 0), e.g. the reference's :func:`local_scale`.
@@ -192,7 +192,7 @@ def scale_invariant_distance_transform(
         If ``scale`` has another shape or non-positive values.
     """
     mask = np.asarray(mask).astype(bool, copy=False)
-    sampling = normalize_spacing(spacing, mask.ndim)
+    sampling = normalize_spacing(spacing_mm, mask.ndim)
     if scale is None:
         if not mask.any():
             return np.zeros(mask.shape, np.float32)
@@ -203,7 +203,7 @@ def scale_invariant_distance_transform(
     return (distance_transform(mask, sampling) / scale).astype(np.float32)
 
 
-def distance_transform(mask: np.ndarray, spacing: float | Sequence[float] | None = None) -> np.ndarray:
+def distance_transform(mask: np.ndarray, spacing_mm: float | Sequence[float] | None = None) -> np.ndarray:
     """Euclidean distance transform of a mask in mm: distance of each object voxel to the nearest
     background voxel, 0 outside.
 
@@ -211,7 +211,7 @@ def distance_transform(mask: np.ndarray, spacing: float | Sequence[float] | None
     ----------
     mask : numpy.ndarray
         2D or 3D array, non-zero is the object.
-    spacing : float or sequence of float, optional
+    spacing_mm : float or sequence of float, optional
         Voxel size in mm per array axis (default 1).
 
     Returns
@@ -227,7 +227,7 @@ def distance_transform(mask: np.ndarray, spacing: float | Sequence[float] | None
     [[0.0, 2.0, 4.0, 6.0, 4.0, 2.0, 0.0]]
     """
     mask = np.asarray(mask).astype(bool, copy=False)
-    sampling = normalize_spacing(spacing, mask.ndim)
+    sampling = normalize_spacing(spacing_mm, mask.ndim)
     if mask.ndim in (2, 3) and mask.size > 40_000 and mask.any() and not mask.all():
         # SimpleITK's Maurer transform of the background gives the same exact EDT (to 5e-6 mm)
         # as scipy.ndimage.distance_transform_edt, measured (best of 7, 2 shared cores) 2.0x
@@ -251,7 +251,7 @@ def ssd(a: np.ndarray, b: np.ndarray) -> float:
     return 0.5 * float(np.dot(diff, diff))
 
 
-def udt_ssd(reference_mask: np.ndarray, warped_target_mask: np.ndarray, spacing: float | Sequence[float] | None = None) -> float:
+def udt_ssd(reference_mask: np.ndarray, warped_target_mask: np.ndarray, spacing_mm: float | Sequence[float] | None = None) -> float:
     """The UDT-SSD metric: ``1/2 * sum (DT(reference) - DT(warped target))^2`` (mm^2).
 
     Both distance transforms are computed from the masks given, so this is the metric of the
@@ -263,7 +263,7 @@ def udt_ssd(reference_mask: np.ndarray, warped_target_mask: np.ndarray, spacing:
         Reference (fixed) mask M_I, 2D or 3D; non-zero is the object.
     warped_target_mask : numpy.ndarray
         Warped target (moving) mask ``[M_T(x + u(x)) >= 0.5]``, same shape.
-    spacing : float or sequence of float, optional
+    spacing_mm : float or sequence of float, optional
         Voxel size in mm per array axis (default 1 mm).
 
     Returns
@@ -274,7 +274,7 @@ def udt_ssd(reference_mask: np.ndarray, warped_target_mask: np.ndarray, spacing:
     Raises
     ------
     InvalidInputError
-        If the shapes differ, a mask is not 2D/3D or holds NaN, or ``spacing`` is invalid.
+        If the shapes differ, a mask is not 2D/3D or holds NaN, or ``spacing_mm`` is invalid.
 
     Examples
     --------
@@ -295,14 +295,14 @@ def udt_ssd(reference_mask: np.ndarray, warped_target_mask: np.ndarray, spacing:
             raise InvalidInputError(f"{name}: expected a 2D or 3D mask, got shape {m.shape}")
         if np.issubdtype(m.dtype, np.floating) and not np.all(np.isfinite(m)):
             raise InvalidInputError(f"{name}: the mask contains NaN or Inf values")
-    sampling = normalize_spacing(spacing, ref.ndim)
+    sampling = normalize_spacing(spacing_mm, ref.ndim)
     return ssd(distance_transform(ref, sampling), distance_transform(tgt, sampling))
 
 
-def _gradient(image: np.ndarray, spacing: Sequence[float]) -> list[np.ndarray]:
+def _gradient(image: np.ndarray, spacing_mm: Sequence[float]) -> list[np.ndarray]:
     """Central differences per axis in 1/mm (one-sided at the ends, 0 along size-1 axes)."""
     out = []
-    for axis, h in enumerate(spacing):
+    for axis, h in enumerate(spacing_mm):
         if image.shape[axis] < 2:
             out.append(np.zeros(image.shape, np.float32))
         else:
@@ -314,7 +314,7 @@ def ssd_force(
     fixed: np.ndarray,
     warped: np.ndarray,
     *,
-    spacing: float | Sequence[float] | None = None,
+    spacing_mm: float | Sequence[float] | None = None,
     gradient: ForceGradient | str = ForceGradient.WARPED,
     fixed_gradient: Sequence[np.ndarray] | None = None,
 ) -> np.ndarray:
@@ -328,7 +328,7 @@ def ssd_force(
     ----------
     fixed, warped : numpy.ndarray
         2D or 3D arrays of the same shape (DT maps in mm for the DT metrics).
-    spacing : float or sequence of float, optional
+    spacing_mm : float or sequence of float, optional
         Voxel size in mm per array axis (default 1); gradients are central differences in 1/mm.
     gradient : {"warped", "fixed", "symmetric"}, default "warped"
         Which image's gradient is used (see :class:`ForceGradient`).
@@ -350,7 +350,7 @@ def ssd_force(
     if fixed.shape != warped.shape:
         raise InvalidInputError(f"fixed has shape {fixed.shape} but warped has shape {warped.shape}; expected the same")
     mode = look_up_option(gradient, ForceGradient, name="gradient")
-    sampling = normalize_spacing(spacing, fixed.ndim)
+    sampling = normalize_spacing(spacing_mm, fixed.ndim)
     diff = fixed - warped
     if mode == ForceGradient.WARPED:
         grads = _gradient(warped, sampling)
@@ -370,7 +370,7 @@ def udt_force(
     reference_distance: np.ndarray,
     warped_target_mask: np.ndarray,
     *,
-    spacing: float | Sequence[float] | None = None,
+    spacing_mm: float | Sequence[float] | None = None,
     gradient: ForceGradient | str = ForceGradient.WARPED,
 ) -> np.ndarray:
     """UDT-SSD force ``(D_I - D_u) * grad D_u`` with ``D_u`` recomputed from the warped mask.
@@ -381,7 +381,7 @@ def udt_force(
         D_I, the distance transform (mm) of the reference mask (see :func:`distance_transform`).
     warped_target_mask : numpy.ndarray
         The warped target mask ``[M_T(x + u(x)) >= 0.5]``, same shape.
-    spacing : float or sequence of float, optional
+    spacing_mm : float or sequence of float, optional
         Voxel size in mm per array axis (default 1).
     gradient : {"warped", "fixed", "symmetric"}, default "warped"
         ``grad D_u`` (paper), ``grad D_I`` or their mean.
@@ -411,6 +411,6 @@ def udt_force(
         raise InvalidInputError(
             f"reference_distance has shape {d_ref.shape} but warped_target_mask has shape {mask.shape}; expected the same"
         )
-    sampling = normalize_spacing(spacing, d_ref.ndim)
+    sampling = normalize_spacing(spacing_mm, d_ref.ndim)
     d_u = distance_transform(mask, sampling)
-    return ssd_force(d_ref, d_u, spacing=sampling, gradient=gradient)
+    return ssd_force(d_ref, d_u, spacing_mm=sampling, gradient=gradient)

@@ -40,7 +40,7 @@ from napari_medseg.registration.metric import (
     ssd,
     ssd_force,
 )
-from napari_medseg.registration.regularizers import Regularizer, make_regularizer
+from napari_medseg.registration.regularizers import Elastic, Regularizer, RegularizerParameters, regularizer_from_options
 
 __all__ = [
     "RegistrationResult",
@@ -108,7 +108,7 @@ def warp(
     image: np.ndarray,
     displacement: np.ndarray,
     *,
-    spacing: float | Sequence[float] | None = None,
+    spacing_mm: float | Sequence[float] | None = None,
     order: int = 1,
     grid: np.ndarray | None = None,
 ) -> np.ndarray:
@@ -120,7 +120,7 @@ def warp(
         2D or 3D array on the same grid as the field.
     displacement : numpy.ndarray
         Shape ``(ndim, *image.shape)``, mm.
-    spacing : float or sequence of float, optional
+    spacing_mm : float or sequence of float, optional
         Voxel size in mm per array axis (default 1).
     order : int, default 1
         Interpolation order: 1 linear, 0 nearest (label maps).
@@ -143,7 +143,7 @@ def warp(
         raise InvalidInputError(
             f"displacement has shape {displacement.shape}; expected {(image.ndim, *image.shape)} for an image of shape {image.shape}"
         )
-    sampling = normalize_spacing(spacing, image.ndim)
+    sampling = normalize_spacing(spacing_mm, image.ndim)
     if grid is None:
         grid = identity_grid(image.shape)
     coords = np.empty_like(grid)
@@ -245,17 +245,13 @@ def register(
     fixed_mask: np.ndarray | None = None,
     moving_mask: np.ndarray | None = None,
     metric: Metric | str = Metric.UDT,
-    regularizer: Regularizer | str = Regularizer.ELASTIC,
-    mu: float = 0.5,
-    lambda_: float = 0.5,
+    regularizer: RegularizerParameters | Regularizer | str = Elastic(),
     tau: float = 1.0,
     levels: int = 3,
     max_iterations: int | Sequence[int] = 400,
-    spacing: float | Sequence[float] | None = None,
+    spacing_mm: float | Sequence[float] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelEvent | None = None,
-    alpha: float = 0.5,
-    sigma_vox: float = float(np.sqrt(0.5)),
     force_gradient: ForceGradient | str = ForceGradient.WARPED,
     scale_invariant: bool = False,
     plateau_window: int = 10,
@@ -276,10 +272,11 @@ def register(
         image with holes filled (:func:`auto_mask`). Masks must not be empty nor touch the border.
     metric : {"udt", "dt", "intensity", "reference"}, default "udt"
         See :class:`~napari_medseg.registration.metric.Metric`.
-    regularizer : {"elastic", "gaussian", "diffusive"}, default "elastic"
-        See :mod:`napari_medseg.registration.regularizers`.
-    mu, lambda_ : float, default 0.5, 0.5
-        Elastic Lamé constants (defaults of the authors' code; the paper gives no values).
+    regularizer : Elastic, Diffusive or Gaussian, default ``Elastic()``
+        The regulariser with its parameters (:mod:`napari_medseg.registration.regularizers`):
+        ``Elastic(mu=0.5, lambda_=0.5)`` (Lamé constants, defaults of the authors' code; the
+        paper gives no values), ``Diffusive(alpha=0.5)`` or ``Gaussian(sigma_vox=sqrt(0.5))``.
+        A name ("elastic", "diffusive", "gaussian") means that regulariser with its defaults.
     tau : float, default 1.0
         Time step of ``u <- R(u + tau * f)`` (authors' code default).
     levels : int, default 3
@@ -287,16 +284,12 @@ def register(
     max_iterations : int or sequence of int, default 400
         Maximum iterations per level (authors' code default), or one value per level, coarse
         first.
-    spacing : float or sequence of float, optional
+    spacing_mm : float or sequence of float, optional
         Voxel size in mm per array axis (default 1 mm).
     progress : callable, optional
         ``progress(done, total)`` after each iteration; ``total`` is the maximum over all levels.
     cancel : object with ``is_set()``, optional
         Checked every iteration; raises :class:`~napari_medseg.errors.CancelledError`.
-    alpha : float, default 0.5
-        Weight of the diffusive regulariser.
-    sigma_vox : float, default sqrt(0.5)
-        Standard deviation (voxels) of the Gaussian regulariser.
     force_gradient : {"warped", "fixed", "symmetric"}, default "warped"
         Gradient of the SSD force: ``grad D_u`` (paper), ``grad D_I``, or their mean.
     scale_invariant : bool, default False
@@ -349,7 +342,7 @@ def register(
     """
     start = time.perf_counter()
     metric_kind = look_up_option(metric, Metric, name="metric")
-    reg_kind = look_up_option(regularizer, Regularizer, name="regularizer")
+    regularizer = regularizer_from_options(regularizer)
     grad_kind = look_up_option(force_gradient, ForceGradient, name="force_gradient")
     fixed_a = _check_image(fixed, "fixed")
     moving_a = _check_image(moving, "moving")
@@ -358,7 +351,7 @@ def register(
             f"fixed has shape {fixed_a.shape} but moving has shape {moving_a.shape}; resample moving onto the "
             "fixed grid first (register_volumes(..., resample_moving=True) or 'medseg register --resample')"
         )
-    sampling = normalize_spacing(spacing, fixed_a.ndim)
+    sampling = normalize_spacing(spacing_mm, fixed_a.ndim)
     for name, value in (("tau", tau), ("divergence_factor", divergence_factor)):
         if not (np.isfinite(value) and value > 0):
             raise InvalidInputError(f"{name}={value!r}: expected a finite value > 0")
@@ -430,7 +423,7 @@ def register(
                 u = np.zeros((len(shape), *shape), np.float32)
         else:
             u = _upsample_field(u, ratios[level], shape)
-        regul = make_regularizer(reg_kind, shape, sp, mu=mu, lambda_=lambda_, tau=tau, alpha=alpha, sigma_vox=sigma_vox)
+        regul = regularizer.operator(shape, sp, tau=tau)
 
         # fixed-side quantities, computed once per level
         if scale_invariant:
@@ -457,12 +450,12 @@ def register(
         for _ in range(iters[levels - 1 - level]):
             check_cancelled(cancel, "registration")
             if metric_kind == Metric.UDT:
-                warped_mask = warp(m_mk, u, spacing=sp, grid=grid) >= 0.5
+                warped_mask = warp(m_mk, u, spacing_mm=sp, grid=grid) >= 0.5
                 current = dtrans(warped_mask, sp)
             elif metric_kind == Metric.DT:
-                current = warp(m_src, u, spacing=sp, grid=grid)
+                current = warp(m_src, u, spacing_mm=sp, grid=grid)
             elif metric_kind == Metric.REFERENCE:
-                warped_dt = warp(m_src, u, spacing=sp, grid=grid)
+                warped_dt = warp(m_src, u, spacing_mm=sp, grid=grid)
                 new_dt = dtrans(warped_dt >= ref_threshold, sp)
                 low, high = float(warped_dt.min()), float(warped_dt.max())
                 nlow, nhigh = float(new_dt.min()), float(new_dt.max())
@@ -471,7 +464,7 @@ def register(
                 else:
                     current = warped_dt
             else:
-                current = warp(m_src, u, spacing=sp, grid=grid)
+                current = warp(m_src, u, spacing_mm=sp, grid=grid)
             value = ssd(f_ref, current)
             history.append(value)
             level_hist.append(level)
@@ -494,7 +487,7 @@ def register(
             report(progress, done, total)
             if value == 0.0 or _plateaued(level_values, plateau_window, plateau_tol):
                 break
-            force = ssd_force(f_ref, current, spacing=sp, gradient=grad_kind, fixed_gradient=fixed_grad)
+            force = ssd_force(f_ref, current, spacing_mm=sp, gradient=grad_kind, fixed_gradient=fixed_grad)
             step = np.float32(tau) * kappa
             force *= step
             force += u
@@ -515,12 +508,12 @@ def register(
     report(progress, total, total)
 
     grid = identity_grid(fixed_a.shape)
-    warped_img = warp(moving_a, u, spacing=sampling, grid=grid)
-    warped_mask = warp(moving_mask_a.astype(np.float32), u, spacing=sampling, grid=grid) >= 0.5
+    warped_img = warp(moving_a, u, spacing_mm=sampling, grid=grid)
+    warped_mask = warp(moving_mask_a.astype(np.float32), u, spacing_mm=sampling, grid=grid) >= 0.5
     params = {
-        "metric": str(metric_kind), "regularizer": str(reg_kind), "mu": mu, "lambda": lambda_, "tau": tau,
-        "levels": levels, "max_iterations": iters, "spacing_mm": list(sampling), "alpha": alpha,
-        "sigma_vox": sigma_vox, "force_gradient": str(grad_kind), "scale_invariant": scale_invariant,
+        "metric": str(metric_kind), **regularizer.to_dict(), "tau": tau,
+        "levels": levels, "max_iterations": iters, "spacing_mm": list(sampling),
+        "force_gradient": str(grad_kind), "scale_invariant": scale_invariant,
         "plateau_window": plateau_window, "plateau_tol": plateau_tol,
     }
     return RegistrationResult(

@@ -14,13 +14,21 @@ dimensionless and act the same at every pyramid level; for ``tau = 1`` this is e
 
 ``diffusive``: the same with ``A = alpha * Lap`` (cheaper, no coupling between components).
 ``gaussian``: ``u <- G_sigma * (u + tau * f)`` (the demons-style smoother, cheapest).
+
+:func:`~napari_medseg.registration.register` takes one of the frozen parameter objects
+:class:`Elastic`, :class:`Diffusive` or :class:`Gaussian` (each checks its own parameters when it
+is made); per pyramid level the object builds the solver for that grid (:meth:`Elastic.operator`:
+:class:`ElasticRegularizer`, ...). The time step ``tau`` is not part of the object: it belongs to
+the update ``u + tau * f`` and is shared by all three.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
+from typing import ClassVar
 
 import numpy as np
 from scipy import fft as sfft
@@ -29,7 +37,17 @@ from scipy import ndimage
 from napari_medseg._options import look_up_option
 from napari_medseg.errors import InvalidInputError
 
-__all__ = ["Regularizer", "ElasticRegularizer", "DiffusiveRegularizer", "GaussianRegularizer", "make_regularizer"]
+__all__ = [
+    "Regularizer",
+    "Elastic",
+    "Diffusive",
+    "Gaussian",
+    "RegularizerParameters",
+    "regularizer_from_options",
+    "ElasticRegularizer",
+    "DiffusiveRegularizer",
+    "GaussianRegularizer",
+]
 
 _WORKERS = max(1, min(os.cpu_count() or 1, 8))
 
@@ -43,12 +61,12 @@ class Regularizer(StrEnum):
     DIFFUSIVE = "diffusive"
 
 
-def _frequency_symbols(shape: Sequence[int], spacing: Sequence[float]):
+def _frequency_symbols(shape: Sequence[int], spacing_mm: Sequence[float]):
     """Per axis: ``L_k = (2 - 2 cos w_k) / h_k^2`` and ``s_k = sin(w_k) / h_k``, broadcastable to
     the ``rfftn`` output shape (last axis halved)."""
     ndim = len(shape)
     lap, sin = [], []
-    for axis, (n, h) in enumerate(zip(shape, spacing)):
+    for axis, (n, h) in enumerate(zip(shape, spacing_mm)):
         if axis == ndim - 1:
             w = 2.0 * np.pi * np.arange(n // 2 + 1) / n
         else:
@@ -61,7 +79,10 @@ def _frequency_symbols(shape: Sequence[int], spacing: Sequence[float]):
 
 
 def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
-    value = float(value)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{name}={value!r}: expected a number") from None
     ok = np.isfinite(value) and (value >= 0 if allow_zero else value > 0)
     if not ok:
         raise InvalidInputError(f"{name}={value!r}: expected a finite value {'>= 0' if allow_zero else '> 0'}")
@@ -78,7 +99,7 @@ class ElasticRegularizer:
     ----------
     shape : tuple of int
         Grid shape (2D or 3D).
-    spacing : sequence of float
+    spacing_mm : sequence of float
         Voxel size in mm per array axis.
     mu, lambda_ : float
         Lamé constants (mu > 0, lambda >= 0; dimensionless, see the module notes).
@@ -91,14 +112,14 @@ class ElasticRegularizer:
         If a parameter is out of range.
     """
 
-    def __init__(self, shape: Sequence[int], spacing: Sequence[float], *, mu: float, lambda_: float, tau: float) -> None:
+    def __init__(self, shape: Sequence[int], spacing_mm: Sequence[float], *, mu: float, lambda_: float, tau: float) -> None:
         mu = _check_positive("mu", mu)
         lambda_ = _check_positive("lambda_", lambda_, allow_zero=True)
         tau = _check_positive("tau", tau)
         self.shape = tuple(int(n) for n in shape)
         ndim = len(self.shape)
-        h2 = float(np.mean(np.square(spacing)))
-        lap, sin = _frequency_symbols(self.shape, spacing)
+        h2 = float(np.mean(np.square(spacing_mm)))
+        lap, sin = _frequency_symbols(self.shape, spacing_mm)
         total = sum(lap)
         c = tau * h2
         # M = Id + c * (mu * sum(L) * Id + (mu + lambda) * G),  G_ii = L_i,  G_ij = s_i s_j
@@ -153,12 +174,12 @@ class DiffusiveRegularizer:
         If ``alpha`` or ``tau`` is not > 0.
     """
 
-    def __init__(self, shape: Sequence[int], spacing: Sequence[float], *, alpha: float, tau: float) -> None:
+    def __init__(self, shape: Sequence[int], spacing_mm: Sequence[float], *, alpha: float, tau: float) -> None:
         alpha = _check_positive("alpha", alpha)
         tau = _check_positive("tau", tau)
         self.shape = tuple(int(n) for n in shape)
-        lap, _ = _frequency_symbols(self.shape, spacing)
-        h2 = float(np.mean(np.square(spacing)))
+        lap, _ = _frequency_symbols(self.shape, spacing_mm)
+        h2 = float(np.mean(np.square(spacing_mm)))
         self._inv = (1.0 / (1.0 + tau * h2 * alpha * sum(lap))).astype(np.float32)
         self.ndim = len(self.shape)
 
@@ -178,7 +199,7 @@ class GaussianRegularizer:
         If ``sigma_vox`` is not > 0.
     """
 
-    def __init__(self, shape: Sequence[int], spacing: Sequence[float], *, sigma_vox: float) -> None:
+    def __init__(self, shape: Sequence[int], spacing_mm: Sequence[float], *, sigma_vox: float) -> None:
         self.sigma_vox = _check_positive("sigma_vox", sigma_vox)
         self.shape = tuple(int(n) for n in shape)
 
@@ -189,42 +210,124 @@ class GaussianRegularizer:
         return out
 
 
-def make_regularizer(
-    kind: Regularizer | str,
-    shape: Sequence[int],
-    spacing: Sequence[float],
-    *,
-    mu: float = 0.5,
-    lambda_: float = 0.5,
-    tau: float = 1.0,
-    alpha: float = 0.5,
-    sigma_vox: float = float(np.sqrt(0.5)),
-):
-    """Build the regulariser ``kind`` for one grid (see the module notes for the equations).
+@dataclass(frozen=True)
+class Elastic:
+    """The elastic (Navier-Lamé) regulariser, the paper's choice and the default.
 
     Parameters
     ----------
-    kind : {"elastic", "gaussian", "diffusive"}
-        Which regulariser.
-    shape, spacing
-        Grid shape and voxel size in mm (array order).
-    mu, lambda_ : float, default 0.5
-        Elastic Lamé constants (the authors' code defaults).
-    tau : float, default 1.0
-        Time step (elastic and diffusive).
-    alpha : float, default 0.5
-        Diffusive weight.
-    sigma_vox : float, default sqrt(0.5)
-        Gaussian standard deviation in voxels (the authors' code default variance 0.5).
+    mu : float, default 0.5
+        Lamé constant, > 0 (dimensionless, see the module notes; the authors' code default ``-m``).
+    lambda_ : float, default 0.5
+        Lamé constant, >= 0 (the authors' code default ``-b``).
 
     Raises
     ------
     InvalidInputError
-        If ``kind`` is unknown or a parameter is out of range.
+        If ``mu`` or ``lambda_`` is out of range (the message names it).
     """
+
+    kind: ClassVar[Regularizer] = Regularizer.ELASTIC
+    mu: float = 0.5
+    lambda_: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mu", _check_positive("mu", self.mu))
+        object.__setattr__(self, "lambda_", _check_positive("lambda_", self.lambda_, allow_zero=True))
+
+    def operator(self, shape: Sequence[int], spacing_mm: Sequence[float], *, tau: float) -> ElasticRegularizer:
+        """The solver ``(Id - tau * h^2 * A)^-1`` on one grid (``spacing_mm`` in array order)."""
+        return ElasticRegularizer(shape, spacing_mm, mu=self.mu, lambda_=self.lambda_, tau=tau)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: the name and the parameters (``lambda`` as the CLI spells it)."""
+        return {"regularizer": str(self.kind), "mu": self.mu, "lambda": self.lambda_}
+
+
+@dataclass(frozen=True)
+class Diffusive:
+    """The diffusive regulariser ``A = alpha * Lap`` (cheaper; the authors' code default ``-r 1``).
+
+    Parameters
+    ----------
+    alpha : float, default 0.5
+        Weight, > 0 (the authors' code default ``-a``).
+
+    Raises
+    ------
+    InvalidInputError
+        If ``alpha`` is not a finite value > 0.
+    """
+
+    kind: ClassVar[Regularizer] = Regularizer.DIFFUSIVE
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "alpha", _check_positive("alpha", self.alpha))
+
+    def operator(self, shape: Sequence[int], spacing_mm: Sequence[float], *, tau: float) -> DiffusiveRegularizer:
+        """The solver ``(Id - tau * h^2 * alpha * Lap)^-1`` on one grid."""
+        return DiffusiveRegularizer(shape, spacing_mm, alpha=self.alpha, tau=tau)
+
+    def to_dict(self) -> dict:
+        return {"regularizer": str(self.kind), "alpha": self.alpha}
+
+
+@dataclass(frozen=True)
+class Gaussian:
+    """The Gaussian (demons-style) smoother ``u <- G_sigma * u``; ``tau`` only scales the force.
+
+    Parameters
+    ----------
+    sigma_vox : float, default sqrt(0.5)
+        Standard deviation in voxels, > 0 (the authors' code default variance 0.5, ``-v``).
+
+    Raises
+    ------
+    InvalidInputError
+        If ``sigma_vox`` is not a finite value > 0.
+    """
+
+    kind: ClassVar[Regularizer] = Regularizer.GAUSSIAN
+    sigma_vox: float = float(np.sqrt(0.5))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sigma_vox", _check_positive("sigma_vox", self.sigma_vox))
+
+    def operator(self, shape: Sequence[int], spacing_mm: Sequence[float], *, tau: float) -> GaussianRegularizer:
+        """The smoother on one grid (``tau`` is not used by the smoothing itself)."""
+        return GaussianRegularizer(shape, spacing_mm, sigma_vox=self.sigma_vox)
+
+    def to_dict(self) -> dict:
+        return {"regularizer": str(self.kind), "sigma_vox": self.sigma_vox}
+
+
+RegularizerParameters = Elastic | Diffusive | Gaussian
+
+
+def regularizer_from_options(
+    kind: Regularizer | str | RegularizerParameters = Regularizer.ELASTIC,
+    *,
+    mu: float = 0.5,
+    lambda_: float = 0.5,
+    alpha: float = 0.5,
+    sigma_vox: float = float(np.sqrt(0.5)),
+) -> RegularizerParameters:
+    """The regulariser object named ``kind`` from flat options (a face's flags or controls).
+
+    Only the chosen regulariser's own options are used (``mu``/``lambda_`` for elastic, ``alpha``
+    for diffusive, ``sigma_vox`` for gaussian); an object is returned unchanged.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``kind`` is unknown (with a did-you-mean) or one of its options is out of range.
+    """
+    if isinstance(kind, (Elastic, Diffusive, Gaussian)):
+        return kind
     mode = look_up_option(kind, Regularizer, name="regularizer")
     if mode == Regularizer.ELASTIC:
-        return ElasticRegularizer(shape, spacing, mu=mu, lambda_=lambda_, tau=tau)
+        return Elastic(mu=mu, lambda_=lambda_)
     if mode == Regularizer.DIFFUSIVE:
-        return DiffusiveRegularizer(shape, spacing, alpha=alpha, tau=tau)
-    return GaussianRegularizer(shape, spacing, sigma_vox=sigma_vox)
+        return Diffusive(alpha=alpha)
+    return Gaussian(sigma_vox=sigma_vox)

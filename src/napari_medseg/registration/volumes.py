@@ -96,7 +96,7 @@ def register_volumes(
 ) -> VolumeRegistration:
     """Register ``moving`` onto ``fixed`` (Volumes); see :func:`~.register.register` for ``kwargs``
     (``metric``, ``regularizer``, ``mu``, ``lambda_``, ``tau``, ``levels``, ``max_iterations``,
-    ``progress``, ``cancel``, ...). ``spacing`` comes from the fixed geometry.
+    ``progress``, ``cancel``, ...). ``spacing_mm`` comes from the fixed geometry.
 
     Parameters
     ----------
@@ -121,8 +121,8 @@ def register_volumes(
     InvalidInputError
         As :func:`~.register.register`, and for multi-component images.
     """
-    if "spacing" in kwargs:
-        raise InvalidInputError("spacing comes from the fixed volume's geometry; do not pass it to register_volumes")
+    if "spacing_mm" in kwargs:
+        raise InvalidInputError("spacing_mm comes from the fixed volume's geometry; do not pass it to register_volumes")
     if fixed_mask is not None:
         check_same_grid(fixed, fixed_mask, names=("fixed", "fixed_mask"))
     if moving_mask is not None:
@@ -138,11 +138,11 @@ def register_volumes(
         moving = resample_like(moving, fixed, interpolation=Interpolation.LINEAR)
         if moving_mask is not None:
             moving_mask = resample_like(moving_mask, fixed, interpolation=Interpolation.NEAREST)
-    f_arr, spacing = _as_array(fixed, "fixed")
+    f_arr, spacing_mm = _as_array(fixed, "fixed")
     m_arr, _ = _as_array(moving, "moving")
     fm = _as_array(fixed_mask, "fixed_mask")[0] if fixed_mask is not None else None
     mm = _as_array(moving_mask, "moving_mask")[0] if moving_mask is not None else None
-    result = register(f_arr, m_arr, fixed_mask=fm, moving_mask=mm, spacing=spacing, **kwargs)
+    result = register(f_arr, m_arr, fixed_mask=fm, moving_mask=mm, spacing_mm=spacing_mm, **kwargs)
     expand = (lambda a: a[None]) if fixed.shape[0] == 1 else (lambda a: a)
     warped = Volume(expand(result.warped), fixed.geometry, {"medseg_registration": str(result.parameters)})
     warped_mask = Volume(expand(result.warped_mask.astype(np.uint8)), fixed.geometry)
@@ -188,10 +188,10 @@ def apply_field(image: Volume, field: Volume, *, nearest: bool = False) -> Volum
     comps = [image.array] if image.n_components == 1 else [image.array[..., c] for c in range(image.n_components)]
     out = []
     if same:
-        spacing = field.spacing_zyx[1:] if field.shape[0] == 1 else field.spacing_zyx
+        spacing_mm = field.spacing_zyx[1:] if field.shape[0] == 1 else field.spacing_zyx
         for comp in comps:
             arr = comp[0] if field.shape[0] == 1 else comp
-            warped = warp(arr, u, spacing=spacing, order=0 if nearest else 1)
+            warped = warp(arr, u, spacing_mm=spacing_mm, order=0 if nearest else 1)
             out.append(warped[None] if field.shape[0] == 1 else warped)
     else:
         import SimpleITK as sitk
