@@ -216,6 +216,8 @@ def check_record(record: Any, *, path: Path, folder_name: str, kinds: Sequence[s
     for field in ("host", "cwd", "python", "version", "status", "resumed_from", "resumed_by"):
         if record.get(field) is not None and not isinstance(record[field], str):
             raise bad(field, "a string or null")
+    if record.get("request") is not None and not isinstance(record["request"], dict):
+        raise bad("request", "null or a JSON object (the typed request)")
     if not isinstance(record.get("signals", []), list):
         raise bad("signals", "a list")
     env = record.get("env")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -37,6 +38,7 @@ from napari_medseg.jobs.protocol import (
     LogStream,
     read_events,
 )
+from napari_medseg.jobs.requests import Request, request_from_argv, request_from_record
 
 _LOCK_FILE = ".job.lock"
 # a job whose parent died between creating the folder and recording the pid is "pending" for this long
@@ -513,14 +515,14 @@ class Job:
             raise InvalidInputError(f"job {self.id} is done; there is nothing to resume")
         record = self._record()
         where = f"job {self.id}: {self.folder / JOB_FILE}"
-        request = guard.parse_request(self.kind, self.argv, where=where)
+        request = self._checked_request(record, where=where)
         env = guard.check_env(record.get("env"), where=where)
         cwd = record.get("cwd")
         if not isinstance(cwd, str) or not Path(cwd).is_absolute() or not Path(cwd).is_dir():
             raise InvalidInputError(f"{where}: cwd={cwd!r:.80} is not an existing absolute folder")
-        argv = list(self.argv)
-        if hasattr(request, "resume") and "--resume" not in argv:
-            argv.append("--resume")
+        if "resume" in {f.name for f in dataclasses.fields(request)}:
+            request = request.replace(resume=True)
+        argv = request.to_argv()
         from napari_medseg.jobs.launch import _launch  # launch imports this module
 
         self._wait_exit(_OUTPUT_LOCK_WAIT_S)  # a job that has just ended may still hold its output
@@ -532,9 +534,35 @@ class Job:
             cwd=cwd,
             python=python,
             resumed_from=self.id,
+            request=request,
         )
         self._update_record(resumed_by=new.id)
         return new
+
+    @property
+    def request(self) -> Request:
+        """The job's typed request, read from ``job.json`` and checked (see :meth:`resume`).
+
+        Raises
+        ------
+        InvalidInputError
+            If the record's request (or, in a record written before requests, its argv) is not valid.
+        """
+        record = self._record()
+        return self._checked_request(record, where=f"job {self.id}: {self.folder / JOB_FILE}")
+
+    def _checked_request(self, record: dict, *, where: str) -> Request:
+        """The record's request, checked field by field, agreeing with the record's kind and argv, and
+        accepted by the ``medseg`` parser; a record from before requests: its argv, parsed."""
+        if record.get("request") is None:
+            return request_from_argv(self.kind, self.argv, where=where)
+        request = request_from_record(record["request"], where=where)
+        if request.kind != self.kind:
+            raise InvalidInputError(f"{where}: request kind {str(request.kind)!r} is not the job's kind {self.kind!r}")
+        if request.to_argv() != self.argv:
+            raise InvalidInputError(f"{where}: argv {' '.join(self.argv)!r:.120} is not the request's command line")
+        guard.parse_request(self.kind, request.to_argv(), where=where)  # the parser accepts it too
+        return request
 
     def log_tail(self, n: int = 20, *, stream: LogStream | str = LogStream.BOTH) -> str:
         """The last ``n`` lines of the child's ``stdout.log`` and/or ``stderr.log``.

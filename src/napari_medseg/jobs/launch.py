@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,8 @@ from napari_medseg.errors import InvalidInputError, MedsegError
 from napari_medseg.jobs import guard
 from napari_medseg.jobs.job import _CHILDREN, _CHILDREN_LOCK, Job
 from napari_medseg.jobs.output_lock import output_lock
-from napari_medseg.jobs.protocol import JOB_FILE, STDERR_FILE, STDOUT_FILE, JobKind, JobStatus, _resolve_root
+from napari_medseg.jobs.protocol import JOB_FILE, STDERR_FILE, STDOUT_FILE, JobKind, JobStatus, _resolve_root, new_run_name
+from napari_medseg.jobs.requests import Request, request_from_argv
 
 
 def _check_argv(argv: Sequence[str]) -> list[str]:
@@ -27,12 +27,12 @@ def _check_argv(argv: Sequence[str]) -> list[str]:
 
 
 def _new_job_id(kind: str) -> str:
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{uuid.uuid4().hex[:6]}"
+    return new_run_name(kind)
 
 
 def start_job(
-    kind: JobKind | str,
-    argv: Sequence[str],
+    kind: Request | JobKind | str,
+    argv: Sequence[str] | None = None,
     *,
     jobs_root: str | os.PathLike | None = None,
     env: Mapping[str, str] | None = None,
@@ -47,10 +47,14 @@ def start_job(
 
     Parameters
     ----------
-    kind : JobKind or str
-        What the job runs (``"train"``, ``"finetune"``, ``"refine"``, ``"predict"``, ``"selftest"``).
-    argv : sequence of str
-        The ``medseg`` arguments, e.g. ``["train", "--config", "c.yaml"]``; without ``--job-dir``.
+    kind : Request, JobKind or str
+        What the job runs: a typed request (:mod:`napari_medseg.jobs.requests`; the faces pass
+        one), or a kind (``"train"``, ``"finetune"``, ``"refine"``, ``"predict"``, ``"register"``,
+        ``"selftest"``) with ``argv``.
+    argv : sequence of str or None
+        With a kind: the ``medseg`` arguments, e.g. ``["train", "--config", "c.yaml"]``, without
+        ``--job-dir``; they are parsed into the kind's request (an argv the parser refuses is
+        started as given, and the child reports why it fails). None with a request.
     jobs_root : str, os.PathLike or None, keyword-only
         Where job folders live (default :func:`default_jobs_root`).
     env : mapping or None, keyword-only
@@ -82,7 +86,22 @@ def start_job(
     MedsegError
         If the process cannot be started (the job is recorded as ``lost``).
     """
-    return _launch(kind, argv, jobs_root=jobs_root, env=env, cwd=cwd, python=python, resumed_from=None)
+    workdir = Path(cwd) if cwd is not None else Path.cwd()
+    if isinstance(kind, Request):
+        if argv is not None:
+            raise InvalidInputError("start_job: give a request or a kind with argv, not both")
+        request: Request | None = kind
+    else:
+        kind = look_up_option(kind, JobKind, name="kind")
+        argv = _check_argv(argv)
+        try:
+            request = request_from_argv(kind, argv)
+        except InvalidInputError:
+            request = None  # started as given: the child's parser says what is wrong, in the job's events
+    if request is not None:
+        request = request.anchored(workdir)
+        kind, argv = request.kind, request.to_argv()
+    return _launch(kind, argv, jobs_root=jobs_root, env=env, cwd=cwd, python=python, resumed_from=None, request=request)
 
 
 def _launch(
@@ -94,6 +113,7 @@ def _launch(
     cwd: str | os.PathLike | None,
     python: str | os.PathLike | None,
     resumed_from: str | None,
+    request: Request | None = None,
 ) -> Job:
     kind = look_up_option(kind, JobKind, name="kind")
     argv = _check_argv(argv)
@@ -121,6 +141,7 @@ def _launch(
         "id": job_id,
         "kind": str(kind),
         "argv": argv,
+        "request": None if request is None else request.to_record(),
         "cwd": str(workdir.resolve()),
         "env": extra_env,
         "created": time.time(),

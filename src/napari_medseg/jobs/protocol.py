@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
+import uuid
 import warnings
 from enum import StrEnum
 from pathlib import Path
@@ -118,6 +120,17 @@ def default_jobs_root() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("napari-medseg", appauthor=False)) / "jobs"
+
+
+def new_run_name(stem: str) -> str:
+    """A unique, sortable folder name ``<YYYYmmdd-HHMMSS>-<stem>-<6 hex>`` for a job or a run.
+
+    The one naming rule of job ids, the napari plugin's run folders and the Slicer module's work
+    folders. Characters of ``stem`` other than letters, digits, ``-``, ``_`` and ``.`` become ``_``
+    and it is cut to 40 characters, so the name is always one safe path component.
+    """
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(stem))[:40].lstrip(".") or "run"
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}-{uuid.uuid4().hex[:6]}"
 
 
 def _resolve_root(jobs_root: str | os.PathLike | None) -> Path:
