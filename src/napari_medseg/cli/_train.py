@@ -154,24 +154,11 @@ def _finetune_config(args: argparse.Namespace):
         "pretrained_lr_factor": getattr(args, "pretrained_lr_factor", 0.1),
         "label_map": _parse_label_map(getattr(args, "label_map", None)),
     }
-    base = load_config(args.config, overrides={}) if args.config else None
-    if base is None:
+    if not args.config:  # the card's grid and inputs: napari_medseg.training.finetune
         from napari_medseg.registry import load_model
+        from napari_medseg.training.finetune import finetune_overrides
 
-        card = load_model(args.model).card
-        overrides.setdefault("name", f"{card.name}-finetuned")
-        overrides.update(
-            {
-                "spatial_dims": card.spatial_dims,
-                "channels": [c.model_dump() for c in card.channels],
-                "spacing": card.spacing,
-                "orientation": card.orientation,
-                "normalization": card.normalization.model_dump(mode="json"),
-                "patch_size": list(card.patch_size),
-                "overlap": card.overlap,
-                "learning_rate": overrides.get("learning_rate", 1e-4),
-            }
-        )
+        overrides = finetune_overrides(load_model(args.model).card, overrides)
     return load_config(args.config, overrides=overrides)
 
 
