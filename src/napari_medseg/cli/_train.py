@@ -75,7 +75,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     refine.set_defaults(func=run_refine)
 
 
-def _overrides(args: argparse.Namespace) -> dict:
+def _overrides(args) -> dict:
+    """Config overrides from a typed training request (or a namespace: the fields have the same names)."""
     keys = {
         "data": args.data,
         "output": args.output,
@@ -138,13 +139,17 @@ def _run(args: argparse.Namespace, config) -> None:
 def run_train(args: argparse.Namespace) -> None:
     from napari_medseg.training.config import default_config_yaml, load_config
 
+    from napari_medseg.jobs import TrainRequest
+
     if args.print_config:
         print(default_config_yaml(), end="")
         return
-    _run(args, load_config(args.config, overrides=_overrides(args)))
+    request = TrainRequest.from_namespace(args)  # the request a face or a job record would hold
+    _run(args, load_config(request.config, overrides=_overrides(request)))
 
 
-def _finetune_config(args: argparse.Namespace):
+def _finetune_config(args):
+    """The training config of a typed fine-tune or refine request (or a namespace with those fields)."""
     from napari_medseg.training.config import load_config
 
     overrides = _overrides(args)
@@ -163,7 +168,9 @@ def _finetune_config(args: argparse.Namespace):
 
 
 def run_finetune(args: argparse.Namespace) -> None:
-    _run(args, _finetune_config(args))
+    from napari_medseg.jobs import FinetuneRequest
+
+    _run(args, _finetune_config(FinetuneRequest.from_namespace(args)))
 
 
 def run_refine(args: argparse.Namespace) -> None:
@@ -172,7 +179,9 @@ def run_refine(args: argparse.Namespace) -> None:
     from napari_medseg.jobs import reporter_from_args, run_reported
     from napari_medseg.training.refine import refine_labels
 
-    config = _finetune_config(args)
+    from napari_medseg.jobs import RefineRequest
+
+    config = _finetune_config(RefineRequest.from_namespace(args))
     reporter = reporter_from_args(args)
     if reporter is None:
         rows = refine_labels(config, rounds=args.rounds, reference=args.reference, events=_ConsoleEvents(), resume=args.resume)
