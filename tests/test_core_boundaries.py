@@ -49,7 +49,7 @@ def test_importing_the_cli_does_not_load_torch():
 
 def test_modules_the_slicer_interface_uses_do_not_load_torch():
     """Slicer's interface process imports these; torch must load only in the job child processes."""
-    modules = ["registry", "volume", "metrics", "postprocess", "jobs", "training.data", "training.config", "sample_data"]
+    modules = ["registry", "volume", "metrics", "postprocess", "jobs", "training.data", "training.config", "training.finetune", "sample_data"]
     code = (
         "import sys, importlib\n"
         f"for m in {modules!r}: importlib.import_module('napari_medseg.' + m)\n"

@@ -504,3 +504,18 @@ def test_entropy_is_bounded_by_log_of_labels(tmp_path):
     pred = predict(Volume(np.random.default_rng(18).normal(size=(8, 16, 16)).astype(np.float32)), model, tta_flips=True)
     ent = pred.uncertainty["entropy"].array
     assert ent.min() >= 0 and ent.max() <= math.log(3) + 1e-6
+
+
+def test_predict_returns_its_warnings_as_data(tmp_path, oblique_volume):
+    """warn=False (faces predicting in a worker thread): nothing is warned, the messages are returned."""
+    import warnings
+
+    model = make_model(tmp_path, spacing=(1.0, 1.0, 2.0), orientation="RAS")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning would fail here
+        quiet = predict(oblique_volume, model, device="cpu", warn=False)
+    with pytest.warns(CardMismatchWarning) as caught:
+        loud = predict(oblique_volume, model, device="cpu")
+    assert quiet.warnings == loud.warnings == [str(w.message) for w in caught] == quiet.provenance["warnings"]
+    assert any("spacing" in m for m in quiet.warnings) and any("orientation" in m for m in quiet.warnings)
+    np.testing.assert_array_equal(quiet.labels.array, loud.labels.array)

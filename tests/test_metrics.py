@@ -351,6 +351,22 @@ def test_label_metrics_warns_for_absent_label():
     assert result[7]["dice"] == 1.0 and result[7]["hausdorff_mm"] == 0.0
 
 
+def test_absent_label_warning_as_data_for_worker_threads():
+    labels = np.zeros((2, 4, 4), np.uint8)
+    labels[:, 1:3, 1:3] = 1
+    volume = Volume(labels, Geometry((1.0, 1.0, 2.0)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # evaluate(warn=False) must not warn at all
+        quiet = metrics.evaluate(volume, volume, labels=[1, 7], warn=False)
+    with pytest.warns(UserWarning, match=r"labels \[7\] appear in neither"):
+        loud = metrics.evaluate(volume, volume, labels=[1, 7])
+    assert quiet == loud and quiet["labels"]["7"]["dice"] == 1.0
+    assert metrics.evaluation_warnings(volume, volume, labels=[1, 7]) == [
+        "labels [7] appear in neither the prediction nor the reference; they score as two empty masks (dice 1, distances 0)"
+    ]
+    assert metrics.evaluation_warnings(volume, volume, labels=[1]) == metrics.evaluation_warnings(volume, volume) == []
+
+
 def test_label_metrics_no_labels_present():
     empty = np.zeros((3, 3), np.uint8)
     assert label_metrics(empty, empty, spacing_mm=(1, 1)) == {}

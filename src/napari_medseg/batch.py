@@ -33,7 +33,6 @@ import json
 import os
 import re
 import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -484,7 +483,7 @@ def predict_to_files(
     """
     from napari_medseg.compact import compact_map
     from napari_medseg.guards import InputMismatchError, input_fit_messages
-    from napari_medseg.inference import CardMismatchWarning, predict, provenance_metadata
+    from napari_medseg.inference import predict, provenance_metadata
 
     card = models[0].card
     volume0 = volumes[0]
@@ -492,15 +491,13 @@ def predict_to_files(
         misfit = input_fit_messages(volume0, card)
         if misfit:
             raise InputMismatchError(f"{input_names[0] if input_names else 'input'}: " + "; ".join(misfit) + " (--strict)")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", CardMismatchWarning)
-        prediction = predict(
-            list(volumes) if len(volumes) > 1 else volumes[0], list(models), device=options.device,
-            overlap=options.overlap, batch_size=options.batch_size, mc_samples=options.mc_samples,
-            dropout_rate=options.dropout_rate, tta_flips=options.tta_flips, seed=options.seed,
-            progress=progress, cancel=cancel,
-        )
-    messages = [str(w.message) for w in caught if issubclass(w.category, CardMismatchWarning)]
+    prediction = predict(
+        list(volumes) if len(volumes) > 1 else volumes[0], list(models), device=options.device,
+        overlap=options.overlap, batch_size=options.batch_size, mc_samples=options.mc_samples,
+        dropout_rate=options.dropout_rate, tta_flips=options.tta_flips, seed=options.seed,
+        progress=progress, cancel=cancel, warn=False,  # cases may run in worker threads: warnings as data
+    )
+    messages = prediction.warnings
     labels = prediction.labels
     if chain is not None and len(chain):
         from napari_medseg.postprocess import postprocess

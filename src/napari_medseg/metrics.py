@@ -101,6 +101,7 @@ __all__ = [
     "arvd",
     "dice",
     "evaluate",
+    "evaluation_warnings",
     "hausdorff_distance",
     "iou",
     "label_metrics",
@@ -646,6 +647,32 @@ def _check_labels(labels: Iterable[int] | None) -> list[int] | None:
     return checked
 
 
+def _absent_labels_message(requested, pred, ref, pred_boxes, ref_boxes) -> str | None:
+    missing = [label for label in requested if label not in pred_boxes and label not in ref_boxes]
+    if 0 in missing and (np.any(pred == 0) or np.any(ref == 0)):
+        missing.remove(0)
+    if not missing:
+        return None
+    return (
+        f"labels {missing} appear in neither the prediction nor the reference; "
+        "they score as two empty masks (dice 1, distances 0)"
+    )
+
+
+def evaluation_warnings(pred: Volume, ref: Volume, *, labels: Iterable[int] | None = None) -> list[str]:
+    """What :func:`evaluate` would warn about, as messages (data: nothing is warned).
+
+    A face that evaluates in a worker thread calls this instead of catching warnings, which are
+    process-global and not thread safe. Today: requested labels present in neither volume.
+    """
+    requested = _check_labels(labels)
+    if requested is None:
+        return []
+    pred_array, ref_array = as_label_array(pred.array, name="pred"), as_label_array(ref.array, name="ref")
+    message = _absent_labels_message(requested, pred_array, ref_array, _label_boxes(pred_array), _label_boxes(ref_array))
+    return [message] if message else []
+
+
 def _finite_or_none(value: float) -> float | None:
     return None if math.isinf(value) else float(value)
 
@@ -674,6 +701,7 @@ def label_metrics(
     labels: Iterable[int] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelEvent | None = None,
+    warn: bool = True,
 ) -> dict[int, dict[str, float | None]]:
     """Every metric for each label of two label maps.
 
@@ -693,6 +721,8 @@ def label_metrics(
     cancel : object with ``is_set()``, optional
         Checked before every label; when set, :class:`~napari_medseg.errors.CancelledError` is
         raised.
+    warn : bool, default True
+        Warn about requested labels present in neither map (see :func:`evaluation_warnings`).
 
     Returns
     -------
@@ -735,16 +765,9 @@ def label_metrics(
     if requested is None:
         requested = sorted(set(pred_boxes) | set(ref_boxes))
     else:
-        missing = [label for label in requested if label not in pred_boxes and label not in ref_boxes]
-        if 0 in missing and (np.any(pred == 0) or np.any(ref == 0)):
-            missing.remove(0)
-        if missing:
-            warnings.warn(
-                f"labels {missing} appear in neither the prediction nor the reference; "
-                "they score as two empty masks (dice 1, distances 0)",
-                UserWarning,
-                stacklevel=2,
-            )
+        message = _absent_labels_message(requested, pred, ref, pred_boxes, ref_boxes)
+        if message and warn:
+            warnings.warn(message, UserWarning, stacklevel=2)
     result = {}
     report(progress, 0, len(requested))
     for index, label in enumerate(requested):
@@ -770,6 +793,7 @@ def evaluate(
     names: tuple[str, str] = ("pred", "ref"),
     progress: ProgressCallback | None = None,
     cancel: CancelEvent | None = None,
+    warn: bool = True,
 ) -> dict:
     """Evaluate a predicted label volume against a reference on the same grid.
 
@@ -787,6 +811,9 @@ def evaluate(
         How error messages name the two inputs (e.g. their file paths).
     progress, cancel : optional
         See :func:`label_metrics` (reported per label; checked before every label).
+    warn : bool, default True
+        Warn (``UserWarning``) about requested labels present in neither volume. A caller in a
+        worker thread passes False and takes the messages from :func:`evaluation_warnings`.
 
     Returns
     -------
@@ -816,14 +843,14 @@ def evaluate(
     spacing = pred.geometry.spacing_zyx
     if pred.shape[0] == 1:  # a 2D image: in-plane surfaces, volumes with the slice thickness
         per_label = label_metrics(
-            pred_array[0], ref_array[0], spacing_mm=spacing[1:], labels=labels, progress=progress, cancel=cancel
+            pred_array[0], ref_array[0], spacing_mm=spacing[1:], labels=labels, progress=progress, cancel=cancel, warn=warn
         )
         for values in per_label.values():
             for key in ("volume_pred_ml", "volume_ref_ml"):
                 values[key] = values[key] * spacing[0]  # type: ignore[operator]  # 1 mm -> z spacing
     else:
         per_label = label_metrics(
-            pred_array, ref_array, spacing_mm=spacing, labels=labels, progress=progress, cancel=cancel
+            pred_array, ref_array, spacing_mm=spacing, labels=labels, progress=progress, cancel=cancel, warn=warn
         )
     return {"labels": {str(label): values for label, values in per_label.items()}}
 

@@ -169,6 +169,9 @@ def test_finetune_case_written_with_exact_geometry_and_argv_parses(logic, scene,
     args = build_parser().parse_args(argv)
     assert args.model == "tiny-seg" and args.epochs == 2 and args.add_to_registry and args.data == str(work / "case")
     assert params["name"] == "tiny-seg-patient_7-finetuned" == args.name
+    from napari_medseg.jobs import FinetuneRequest
+
+    assert FinetuneRequest.from_namespace(args).to_argv() == argv  # the logic's argv is a typed request's
     # with a dataset folder: one CSV with this case and the dataset's
     dataset = tmp_path / "dataset"
     write_volume(volume, dataset / "imagesTr" / "other_0000.nrrd")

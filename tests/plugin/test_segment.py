@@ -228,3 +228,40 @@ def test_run_a_folder_of_cases(make_napari_viewer, qtbot, tiny_model, tmp_path):
     widget.output_folder_edit.setText("")
     click_and_wait(qtbot, widget.folder_button, widget.folder_runner, timeout_ms=_TIMEOUT_MS)
     assert widget.folder_runner.last_outcome == "failed" and "output folder" in str(widget.folder_runner.last_error)
+
+
+def test_worker_warning_is_shown_and_main_thread_warning_is_not_swallowed(
+    make_napari_viewer, qtbot, tiny_model, notifications
+):
+    """The prediction's card warning comes back as data and is notified; a warning the GUI thread
+    issues while the worker runs reaches the GUI's own handler (superqt's worker would catch it)."""
+    import threading
+    import warnings
+
+    from napari_medseg.plugin._segment import run_segmentation
+
+    viewer = make_napari_viewer()
+    layer = add_volume(viewer, Volume(_small_array(), Geometry((1.0, 1.0, 1.0))), "iso")  # card: 1 x 1 x 2 mm
+    widget = _widget(viewer, qtbot)
+    in_worker, main_warned = threading.Event(), threading.Event()
+
+    def segment_when_told(*args, **kwargs):  # the real predict, held until the GUI thread has warned
+        in_worker.set()
+        assert main_warned.wait(30)
+        return run_segmentation(*args, **kwargs)
+
+    shown: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *rest, **kw: shown.append(str(message))
+        handler = warnings.showwarning
+        widget.runner.start(segment_when_told, [layer], widget.model, device="cpu",
+                            on_returned=widget._add_result_layers)
+        assert in_worker.wait(30)
+        assert warnings.showwarning is handler  # the worker leaves the process-wide hook alone
+        warnings.warn("from the GUI thread while the worker runs", UserWarning)
+        main_warned.set()
+        qtbot.waitUntil(lambda: widget.runner.last_outcome is not None, timeout=_TIMEOUT_MS)
+    assert widget.runner.last_outcome == "done", widget.status_label.text()
+    assert shown == ["from the GUI thread while the worker runs"]  # not swallowed; predict warned nothing itself
+    assert any(s == "warning" and "differs from model 'tiny-seg'" in m for m, s in notifications)

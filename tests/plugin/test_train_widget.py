@@ -69,6 +69,9 @@ def test_finetune_job_from_layers_reaches_the_model_picker(qtbot, viewer_with_ca
     job = _launch(qtbot, widget)
     assert job.kind == "finetune" and "--add-to-registry" in job.argv
     assert job.argv[job.argv.index("--model") + 1] == str(tiny_model.folder)
+    request = job.request  # the widget built a typed request; job.json holds it as data
+    assert request.kind == "finetune" and request.model == str(tiny_model.folder) and request.name == "tiny-ft"
+    assert request.epochs == 1 and request.iterations_per_epoch == 2 and request.to_argv() == job.argv
     assert job.folder.parent == medseg_env.jobs
     row = list(widget.views).index(job.id)
     assert widget.table.item(row, 0).text() == job.id and widget.selected_job_id() == job.id
@@ -187,6 +190,7 @@ def test_dataset_folder_plus_layers_make_one_csv(qtbot, viewer_with_case, tiny_m
         assert cases[1].images[0].name == "layers_0000.nrrd"
         assert job.argv[job.argv.index("--learning-rate") + 1] == "0.0005"
         assert job.argv[job.argv.index("--loss") + 1] == "dice"
+        assert job.request.learning_rate == 5e-4 and job.request.loss == "dice" and job.request.data == data
     finally:
         status = job.cancel(timeout_s=0.0, kill_after_s=0.0)  # this test needs no training: stop it now
     assert status == JobStatus.CANCELLED

@@ -1,7 +1,8 @@
 """The MedSeg module's logic: MRML nodes in, ``medseg`` background jobs, MRML nodes out.
 
-Each long operation (predict, register, fine-tune) runs ``medseg <command> --job-dir <folder>`` as
-a child process through :func:`napari_medseg.jobs.start_job`, so torch never loads into Slicer's
+Each long operation (predict, register, fine-tune) is a typed request
+(:mod:`napari_medseg.jobs.requests`, the same one the ``medseg`` command line parses into) run as a
+``medseg <command> --job-dir <folder>`` child process through :func:`napari_medseg.jobs.start_job`, so torch never loads into Slicer's
 GUI process and Slicer never freezes. Inputs are written from their nodes with
 :func:`napari_medseg.volume.write_volume` (NRRD: the exact geometry in double precision); the
 widget calls :meth:`MedSegLogic.poll` from a ``qt.QTimer``, which reads only the new events of the
@@ -22,7 +23,6 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -33,7 +33,16 @@ import numpy as np
 
 from napari_medseg._options import look_up_option
 from napari_medseg.errors import InvalidInputError, MedsegError
-from napari_medseg.jobs import Job, JobKind, JobStatus, start_job
+from napari_medseg.jobs import (
+    FinetuneRequest,
+    Job,
+    JobStatus,
+    PredictRequest,
+    RegisterRequest,
+    Request,
+    new_run_name,
+    start_job,
+)
 from napari_medseg.training.config import FreezeMode
 from napari_medseg.volume import (
     Geometry,
@@ -293,12 +302,12 @@ class MedSegLogic:
 
     # -- starting jobs ------------------------------------------------------------------------------
     def _work_dir(self, kind: str) -> Path:
-        folder = self.work_root / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{uuid.uuid4().hex[:6]}"
+        folder = self.work_root / new_run_name(kind)
         folder.mkdir(parents=True)
         return folder
 
-    def _start(self, kind: TaskKind, job_kind: JobKind, argv: list[str], work_dir: Path, params: dict) -> Task:
-        job = start_job(job_kind, argv, jobs_root=self.jobs_root, env=self.env, cwd=work_dir, python=self.python)
+    def _start(self, kind: TaskKind, request: Request, work_dir: Path, params: dict) -> Task:
+        job = start_job(request, jobs_root=self.jobs_root, env=self.env, cwd=work_dir, python=self.python)
         return Task(kind=kind, job=job, work_dir=work_dir, params=params)
 
     def predict_argv(
@@ -316,7 +325,28 @@ class MedSegLogic:
         probabilities: bool = True,
         uncertainty: bool = True,
     ) -> list[str]:
-        """The ``medseg predict`` arguments (without ``--job-dir``) for files already written.
+        """The ``medseg predict`` arguments (without ``--job-dir``) for files already written:
+        :meth:`predict_request`'s command line."""
+        return self.predict_request(input_paths, output_dir, model, device=device, mc_samples=mc_samples,
+                                    dropout_rate=dropout_rate, tta=tta, seed=seed, postprocess=postprocess,
+                                    probabilities=probabilities, uncertainty=uncertainty).to_argv()
+
+    def predict_request(
+        self,
+        input_paths: Sequence[str | os.PathLike],
+        output_dir: str | os.PathLike,
+        model: str,
+        *,
+        device: str = "auto",
+        mc_samples: int = 0,
+        dropout_rate: float | None = None,
+        tta: bool = False,
+        seed: int = 0,
+        postprocess: Mapping[str, Any] | None = None,
+        probabilities: bool = True,
+        uncertainty: bool = True,
+    ) -> PredictRequest:
+        """The typed ``medseg predict`` request for files already written.
 
         Outputs go to ``output_dir``: ``labels.nrrd`` (+ ``.json`` sidecar), ``probabilities.nrrd``,
         ``uncertainty.nrrd``.
@@ -327,21 +357,22 @@ class MedSegLogic:
             If a number is out of range or a post-processing option is unknown.
         """
         from napari_medseg._options import close_matches_message
-
-        out = Path(output_dir)
         from napari_medseg._validate import check_dropout_rate, check_mc_samples  # the CLI's own checks, torch-free
 
-        mc_samples = check_mc_samples(_check_number("mc_samples", mc_samples, low=0, integer=True))
-        argv = ["predict", *map(str, input_paths), str(out / "labels.nrrd"), "--model", str(model)]
-        argv += ["--device", str(device), "--mc-samples", str(mc_samples), "--seed", str(int(seed)), "--no-progress"]
+        out = Path(output_dir)
+        options: dict[str, Any] = {
+            "device": str(device),
+            "mc_samples": check_mc_samples(_check_number("mc_samples", mc_samples, low=0, integer=True)),
+            "seed": int(seed),
+            "no_progress": True,
+            "tta": bool(tta),
+        }
         if dropout_rate is not None:
-            argv += ["--dropout", repr(check_dropout_rate(dropout_rate))]
-        if tta:
-            argv.append("--tta")
+            options["dropout"] = check_dropout_rate(dropout_rate)
         if probabilities:
-            argv += ["--probabilities", str(out / "probabilities.nrrd")]
+            options["probabilities"] = str(out / "probabilities.nrrd")
         if uncertainty:
-            argv += ["--uncertainty", str(out / "uncertainty.nrrd")]
+            options["uncertainty"] = str(out / "uncertainty.nrrd")
         for key, value in (postprocess or {}).items():
             if key not in POSTPROCESS_OPTIONS:
                 raise InvalidInputError(
@@ -350,14 +381,16 @@ class MedSegLogic:
                 )
             if value is None or value is False:
                 continue
-            flag = POSTPROCESS_OPTIONS[key]
-            if value is True:
-                argv.append(flag)
+            if key in ("fill_holes", "fill_holes_2d"):
+                options[key] = True
+            elif key == "keep_largest":
+                options[key] = 1 if value is True else _check_number(key, value, low=1, integer=True)
             elif key == "labels":
-                argv += [flag, ",".join(str(int(v)) for v in value) if not isinstance(value, str) else value]
+                options[key] = ",".join(str(int(v)) for v in value) if not isinstance(value, str) else value
             else:
-                argv += [flag, repr(_check_number(key, value, low=0.0))]
-        return argv
+                options[key] = _check_number(key, value, low=0.0)
+        return PredictRequest(input=tuple(map(str, input_paths)), output=str(out / "labels.nrrd"), model=(str(model),),
+                              **options)
 
     def start_predict(
         self,
@@ -401,7 +434,7 @@ class MedSegLogic:
             path = work / f"input_{i}.nrrd"
             write_volume(volume, path)
             paths.append(path)
-        argv = self.predict_argv(paths, work, model, **options)
+        request = self.predict_request(paths, work, model, **options)
         params = {
             "input_node_ids": [n.GetID() for n in input_nodes],
             "input_name": input_nodes[0].GetName(),
@@ -409,7 +442,7 @@ class MedSegLogic:
             "label_specs": {v: (card.labels[v].name, tuple(card.labels[v].color)) for v in card.label_values},
             "labels": str(work / "labels.nrrd"),
         }
-        return self._start(TaskKind.PREDICT, JobKind.PREDICT, argv, work, params)
+        return self._start(TaskKind.PREDICT, request, work, params)
 
     def start_register(
         self,
@@ -477,30 +510,31 @@ class MedSegLogic:
         if fixed_slice is not None:
             fixed = slice_of(fixed, fixed_slice)
         write_volume(fixed, work / "fixed.nrrd")
-        argv = ["register", "--fixed", str(work / "fixed.nrrd")]
+        options: dict[str, Any] = {"fixed": str(work / "fixed.nrrd")}
         if moving_node is not None:
             write_volume(nodes.volume_from_node(moving_node), work / "moving.nrrd")
-            argv += ["--moving", str(work / "moving.nrrd")]
+            options["moving"] = str(work / "moving.nrrd")
             moving_name = moving_node.GetName()
         else:
-            argv += ["--moving", str(Path(moving_imzml).resolve()), "--mz", repr(float(mz))]
-            argv += ["--tolerance-ppm", repr(float(tolerance_ppm))] if tolerance_ppm is not None else ["--tolerance-da", repr(float(tolerance_da))]
-            if tic:
-                argv.append("--tic")
+            options.update(moving=str(Path(moving_imzml).resolve()), mz=float(mz), tic=bool(tic))
+            if tolerance_ppm is not None:
+                options["tolerance_ppm"] = float(tolerance_ppm)
+            else:
+                options["tolerance_da"] = float(tolerance_da)
             moving_name = f"{Path(moving_imzml).stem} m/z {float(mz):g}"
-        for option, node, file in (("--fixed-mask", fixed_mask_node, "fixed_mask.nrrd"), ("--moving-mask", moving_mask_node, "moving_mask.nrrd")):
+        for key, node, file in (("fixed_mask", fixed_mask_node, "fixed_mask.nrrd"), ("moving_mask", moving_mask_node, "moving_mask.nrrd")):
             if node is not None:
                 mask = nodes.volume_from_node(node)
-                if option == "--fixed-mask" and fixed_slice is not None:
+                if key == "fixed_mask" and fixed_slice is not None:
                     mask = slice_of(mask, fixed_slice)
                 write_volume(mask.derive((mask.array != 0).astype(np.uint8)), work / file)
-                argv += [option, str(work / file)]
-        argv += ["--out", str(work / "warped.nrrd"), "--field", str(work / "field.nrrd")]
-        argv += ["--metric", str(metric), "--regularizer", str(regularizer), "--levels", str(levels), "--iterations", str(iterations)]
-        if resample:
-            argv.append("--resample")
+                options[key] = str(work / file)
+        request = RegisterRequest(
+            **options, out=str(work / "warped.nrrd"), field=str(work / "field.nrrd"), metric=str(metric),
+            regularizer=str(regularizer), levels=levels, iterations=iterations, resample=bool(resample),
+        )
         params = {"moving_name": moving_name, "fixed_node_id": fixed_node.GetID()}
-        return self._start(TaskKind.REGISTER, JobKind.REGISTER, argv, work, params)
+        return self._start(TaskKind.REGISTER, request, work, params)
 
     def write_case(self, volume_node, segmentation_node, folder: str | os.PathLike, *, case_id: str = "slicer_case",
                    label_values: Mapping[str, int] | None = None) -> tuple[Path, Path]:
@@ -565,11 +599,11 @@ class MedSegLogic:
             If the model is unknown, ``epochs`` is not a positive integer, ``freeze`` is not one of
             encoder / all-but-last / none, or ``dataset`` does not exist.
         """
-        argv, work, params = self.prepare_finetune(
+        request, work, params = self.finetune_request(
             volume_node, segmentation_node, model, dataset=dataset, output=output, name=name, epochs=epochs,
             iterations_per_epoch=iterations_per_epoch, freeze=freeze, device=device, add_to_registry=add_to_registry,
         )
-        return self._start(TaskKind.FINETUNE, JobKind.FINETUNE, argv, work, params)
+        return self._start(TaskKind.FINETUNE, request, work, params)
 
     def prepare_finetune(
         self,
@@ -592,9 +626,43 @@ class MedSegLogic:
         -------
         (argv, work folder, params)
         """
+        request, work, params = self.finetune_request(
+            volume_node, segmentation_node, model, dataset=dataset, output=output, name=name, epochs=epochs,
+            iterations_per_epoch=iterations_per_epoch, freeze=freeze, device=device, add_to_registry=add_to_registry,
+        )
+        return request.to_argv(), work, params
+
+    def finetune_request(
+        self,
+        volume_node,
+        segmentation_node,
+        model: str,
+        *,
+        dataset: str | os.PathLike | None = None,
+        output: str | os.PathLike | None = None,
+        name: str | None = None,
+        epochs: int = 20,
+        iterations_per_epoch: int | None = None,
+        freeze: str = "encoder",
+        device: str = "auto",
+        add_to_registry: bool = True,
+    ) -> tuple[FinetuneRequest, Path, dict]:
+        """Write the case and build the typed ``medseg finetune`` request of :meth:`start_finetune`.
+
+        The model's name defaults to ``<base>-<volume name>-finetuned``
+        (:func:`napari_medseg.training.finetune.finetune_name`).
+
+        Returns
+        -------
+        (request, work folder, params)
+        """
+        from napari_medseg.training.finetune import finetune_name
+
         card = self.card(model)
         epochs = _check_number("epochs", epochs, low=1, integer=True)
         freeze = look_up_option(freeze, FreezeMode, name="freeze").value
+        if iterations_per_epoch is not None:
+            iterations_per_epoch = _check_number("iterations_per_epoch", iterations_per_epoch, low=1, integer=True)
         if dataset is not None and not Path(dataset).exists():
             raise InvalidInputError(f"dataset={str(dataset)!r} does not exist")
         work = self._work_dir("finetune")
@@ -606,15 +674,13 @@ class MedSegLogic:
 
             cases = discover_cases(work / "case") + discover_cases(dataset)
             data = write_dataset_csv(cases, work / "dataset.csv")
-        name = name or f"{card.name}-{volume_node.GetName() or 'case'}-finetuned".replace(" ", "_")
+        name = name or finetune_name(card, volume_node.GetName() or "case")
         out = Path(output) if output is not None else work / "run"
-        argv = ["finetune", "--model", model, "--data", str(data), "--output", str(out), "--epochs", str(epochs)]
-        argv += ["--freeze", freeze, "--device", str(device), "--name", name]
-        if iterations_per_epoch is not None:
-            argv += ["--iterations-per-epoch", str(_check_number("iterations_per_epoch", iterations_per_epoch, low=1, integer=True))]
-        if add_to_registry:
-            argv.append("--add-to-registry")
-        return argv, work, {"model": model, "name": name}
+        request = FinetuneRequest(
+            model=model, data=str(data), output=str(out), epochs=epochs, freeze=freeze, device=str(device), name=name,
+            iterations_per_epoch=iterations_per_epoch, add_to_registry=bool(add_to_registry),
+        )
+        return request, work, {"model": model, "name": name}
 
     # -- following jobs -----------------------------------------------------------------------------
     def poll(self, task: Task) -> list[dict]:

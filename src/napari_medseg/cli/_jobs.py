@@ -155,13 +155,14 @@ def _created_text(created: float) -> str:
 
 
 def run_start(args: argparse.Namespace) -> None:
-    from napari_medseg.jobs import JobKind, start_job
+    from napari_medseg.jobs import JobKind, request_from_argv, start_job
 
     argv = list(args.job_argv)
     if argv[:1] == ["--"]:
         argv = argv[1:]
     argv = ["jobs", "selftest", *argv] if args.kind == JobKind.SELFTEST else [args.kind, *argv]
-    job = start_job(args.kind, argv, jobs_root=args.jobs_dir)
+    # the command line parsed into the kind's typed request: refused here (exit 2), not in the child
+    job = start_job(request_from_argv(args.kind, argv, where="medseg jobs start"), jobs_root=args.jobs_dir)
     if args.json:
         _print_json({"id": job.id, "folder": str(job.folder), "status": str(job.status())})
     else:

@@ -77,7 +77,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     refine.set_defaults(func=run_refine)
 
 
-def _overrides(args: argparse.Namespace) -> dict:
+def _overrides(args) -> dict:
+    """Config overrides from a typed training request (or a namespace: the fields have the same names)."""
     keys = {
         "data": args.data,
         "output": args.output,
@@ -140,13 +141,17 @@ def _run(args: argparse.Namespace, config) -> None:
 def run_train(args: argparse.Namespace) -> None:
     from napari_medseg.training.config import default_config_yaml, load_config
 
+    from napari_medseg.jobs import TrainRequest
+
     if args.print_config:
         print(default_config_yaml(), end="")
         return
-    _run(args, load_config(args.config, overrides=_overrides(args)))
+    request = TrainRequest.from_namespace(args)  # the request a face or a job record would hold
+    _run(args, load_config(request.config, overrides=_overrides(request)))
 
 
-def _finetune_config(args: argparse.Namespace):
+def _finetune_config(args):
+    """The training config of a typed fine-tune or refine request (or a namespace with those fields)."""
     from napari_medseg.training.config import load_config
 
     overrides = _overrides(args)
@@ -156,29 +161,18 @@ def _finetune_config(args: argparse.Namespace):
         "pretrained_lr_factor": getattr(args, "pretrained_lr_factor", 0.1),
         "label_map": _parse_label_map(getattr(args, "label_map", None)),
     }
-    base = load_config(args.config, overrides={}) if args.config else None
-    if base is None:
+    if not args.config:  # the card's grid and inputs: napari_medseg.training.finetune
         from napari_medseg.registry import load_model
+        from napari_medseg.training.finetune import finetune_overrides
 
-        card = load_model(args.model).card
-        overrides.setdefault("name", f"{card.name}-finetuned")
-        overrides.update(
-            {
-                "spatial_dims": card.spatial_dims,
-                "channels": [c.model_dump() for c in card.channels],
-                "spacing": card.spacing,
-                "orientation": card.orientation,
-                "normalization": card.normalization.model_dump(mode="json"),
-                "patch_size": list(card.patch_size),
-                "overlap": card.overlap,
-                "learning_rate": overrides.get("learning_rate", 1e-4),
-            }
-        )
+        overrides = finetune_overrides(load_model(args.model).card, overrides)
     return load_config(args.config, overrides=overrides)
 
 
 def run_finetune(args: argparse.Namespace) -> None:
-    _run(args, _finetune_config(args))
+    from napari_medseg.jobs import FinetuneRequest
+
+    _run(args, _finetune_config(FinetuneRequest.from_namespace(args)))
 
 
 def run_refine(args: argparse.Namespace) -> None:
@@ -187,7 +181,9 @@ def run_refine(args: argparse.Namespace) -> None:
     from napari_medseg.jobs import reporter_from_args, run_reported
     from napari_medseg.training.refine import refine_labels
 
-    config = _finetune_config(args)
+    from napari_medseg.jobs import RefineRequest
+
+    config = _finetune_config(RefineRequest.from_namespace(args))
     reporter = reporter_from_args(args)
     if reporter is None:
         rows = refine_labels(config, rounds=args.rounds, reference=args.reference, events=_ConsoleEvents(), resume=args.resume)

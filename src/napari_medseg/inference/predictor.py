@@ -139,6 +139,7 @@ def predict(
     seed: int = 0,
     progress: ProgressCallback | None = None,
     cancel: CancelEvent | None = None,
+    warn: bool = True,
 ) -> Prediction:
     """Segment a volume with one model or an ensemble; everything comes back on its grid.
 
@@ -169,6 +170,10 @@ def predict(
         Called after each batch of patches; ``total`` covers every model.
     cancel : object with ``is_set()``, optional
         Checked between batches and between samples.
+    warn : bool, default True
+        Also issue each card mismatch as a ``CardMismatchWarning``. They are always returned as
+        data (:attr:`Prediction.warnings`); faces that predict in a worker thread pass False and
+        show ``Prediction.warnings`` on their main thread.
 
     Returns
     -------
@@ -209,7 +214,7 @@ def predict(
     volume = _stack_input(volume_or_volumes)
     _check_input(volume, models)
     if any(m.card.bundle is not None for m in models):
-        return _predict_bundle(volume, models, torch_device, overlap=overlap, batch_size=batch_size,
+        return _predict_bundle(volume, models, torch_device, warn=warn, overlap=overlap, batch_size=batch_size,
                                mc_samples=mc_samples, tta_flips=tta_flips, progress=progress, cancel=cancel)
 
     messages: list[str] = []
@@ -217,7 +222,8 @@ def predict(
         for msg in card_warnings(volume, m.card):
             if msg not in messages:
                 messages.append(msg)
-                warnings.warn(msg, CardMismatchWarning, stacklevel=2)
+                if warn:
+                    warnings.warn(msg, CardMismatchWarning, stacklevel=2)
 
     groups: dict[str, list[RegistryModel]] = {}
     for m in models:
@@ -347,7 +353,7 @@ def _check_finite(mean_p: np.ndarray, members: Sequence[RegistryModel]) -> None:
     )
 
 
-def _predict_bundle(volume: Volume, models: list[RegistryModel], device: torch.device, *, overlap: float | None,
+def _predict_bundle(volume: Volume, models: list[RegistryModel], device: torch.device, *, warn: bool, overlap: float | None,
                     batch_size: int | None, mc_samples: int, tta_flips: bool, progress, cancel) -> Prediction:
     """An imported MONAI bundle runs its own chain (:func:`napari_medseg.bundles.predict_bundle`)."""
     from napari_medseg.bundles import predict_bundle
@@ -360,10 +366,14 @@ def _predict_bundle(volume: Volume, models: list[RegistryModel], device: torch.d
             f"mc_samples/tta_flips: model {names} is an imported MONAI bundle, run exactly as MONAI runs it; "
             "Monte-Carlo dropout and test-time flips are not part of that"
         )
-    for msg in card_warnings(volume, models[0].card):
-        warnings.warn(msg, CardMismatchWarning, stacklevel=3)
-    return predict_bundle(volume, models[0], device=device, overlap=overlap, batch_size=batch_size,
-                          progress=progress, cancel=cancel)
+    messages = card_warnings(volume, models[0].card)
+    if warn:
+        for msg in messages:
+            warnings.warn(msg, CardMismatchWarning, stacklevel=3)
+    prediction = predict_bundle(volume, models[0], device=device, overlap=overlap, batch_size=batch_size,
+                                progress=progress, cancel=cancel)
+    prediction.provenance["warnings"] = [*prediction.provenance.get("warnings", []), *messages]
+    return prediction
 
 
 def _group_batches(shape: tuple[int, int, int], card: ModelCard, overlap: float | None, batch_size: int) -> int:

@@ -37,6 +37,12 @@ class Prediction:
     uncertainty: dict[str, Volume]
     provenance: dict = field(default_factory=dict)
 
+    @property
+    def warnings(self) -> list[str]:
+        """What was doubtful about the input (card mismatches), as messages: returned as data, so a
+        caller in a worker thread never has to catch ``warnings`` (which is process-global)."""
+        return [str(m) for m in self.provenance.get("warnings", [])]
+
 
 def provenance_metadata(provenance: dict) -> dict[str, str]:
     """Header key-value pairs (NRRD/MHA metadata) that record a prediction's provenance.

@@ -11,7 +11,6 @@ Export CSV writes, atomically, exactly what ``medseg evaluate --csv`` writes
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +34,7 @@ from napari_medseg.metrics import (
     METRIC_KEYS,
     METRIC_TITLES,
     evaluate,
+    evaluation_warnings,
     write_metrics_csv,
 )
 from napari_medseg.plugin._postprocess import label_names, parse_label_list
@@ -69,14 +69,14 @@ def evaluate_with_warnings(
     progress: ProgressCallback | None = None,
     cancel: CancelEvent | None = None,
 ) -> tuple[dict, list[str]]:
-    """:func:`~napari_medseg.metrics.evaluate`, returning its ``UserWarning`` messages too.
+    """:func:`~napari_medseg.metrics.evaluate` and its warnings as data
+    (:func:`~napari_medseg.metrics.evaluation_warnings`).
 
-    A worker thread cannot show notifications; the widget shows these on the main thread.
+    A worker thread cannot show notifications, and catching warnings there is not thread safe
+    (the filters are process-global); the widget shows these on the main thread.
     """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        result = evaluate(pred, ref, labels=labels, names=names, progress=progress, cancel=cancel)
-    return result, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    result = evaluate(pred, ref, labels=labels, names=names, progress=progress, cancel=cancel, warn=False)
+    return result, evaluation_warnings(pred, ref, labels=labels)
 
 
 class EvaluateWidget(QWidget):

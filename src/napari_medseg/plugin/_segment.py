@@ -127,7 +127,7 @@ def run_segmentation(
     prediction = predict(
         volumes if len(volumes) > 1 else volumes[0], model, device=device, overlap=overlap, batch_size=batch_size,
         mc_samples=mc_samples, dropout_rate=dropout_rate, tta_flips=tta_flips, seed=seed, progress=progress,
-        cancel=cancel,
+        cancel=cancel, warn=False,  # a worker thread: the widget shows prediction.warnings on the main thread
     )
     map_name = "mutual_information" if "mutual_information" in prediction.uncertainty else "entropy"
     u = prediction.uncertainty[map_name]
@@ -447,11 +447,12 @@ class SegmentWidget(QWidget):
         self.run()
 
     def run(self):
-        """Start the segmentation in a worker (what the Run button does); returns the worker."""
+        """Start the segmentation in a worker (what the Run button does); returns the worker.
+
+        Card mismatches show in the widget now and, from the prediction's own ``warnings``, as
+        notifications when it returns (the worker never touches the ``warnings`` module)."""
         messages = self.mismatch_messages()
         self.mismatch_label.setText("\n".join(f"\u26a0 {m}" for m in messages))
-        for message in messages:
-            warn(message)
         layers = self.input_layers()
         return self.runner.start(
             run_segmentation, layers, self.model, on_returned=self._add_result_layers,
@@ -501,6 +502,8 @@ class SegmentWidget(QWidget):
         from napari.layers import Labels
 
         prediction = result.prediction
+        for message in prediction.warnings:  # returned as data by the worker; shown here, on the main thread
+            warn(message)
         card = self._models[result.model_name].card if result.model_name in self._models else None
         provenance = dict(prediction.provenance)
         provenance["inputs"] = [result.image_name]

@@ -1,8 +1,8 @@
 """The Train / fine-tune dock widget: background training jobs, their table and a live plot.
 
 A thin face over :mod:`napari_medseg.jobs` and ``medseg train`` / ``medseg finetune``: Launch
-builds the same argv as the command line (``--data``, ``--output``, ``--epochs``, ``--loss``, ...,
-``--add-to-registry``) and starts it with :func:`~napari_medseg.jobs.start_job` under the plugin's
+builds a typed :class:`~napari_medseg.jobs.TrainRequest` / :class:`~napari_medseg.jobs.FinetuneRequest`
+(the request ``medseg train`` / ``medseg finetune`` parse into) and starts it with :func:`~napari_medseg.jobs.start_job` under the plugin's
 jobs root, in a worker (writing the current layers as a case and spawning the child never block
 the GUI). The training runs in a detached child process, so it survives napari; the table lists
 every job under the jobs root (:func:`~napari_medseg.jobs.list_jobs`), so jobs started before a
@@ -17,8 +17,6 @@ in Segment.
 from __future__ import annotations
 
 import logging
-import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +43,17 @@ from qtpy.QtWidgets import (
 
 from napari_medseg.choices import DEVICE_NAMES
 from napari_medseg.errors import InvalidInputError
-from napari_medseg.jobs import EventType, Job, JobKind, JobStatus, list_jobs, start_job
+from napari_medseg.jobs import (
+    EventType,
+    FinetuneRequest,
+    Job,
+    JobKind,
+    JobStatus,
+    TrainRequest,
+    list_jobs,
+    new_run_name,
+    start_job,
+)
 from napari_medseg.plugin._layers import volume_from_layer
 from napari_medseg.plugin._settings import (
     jobs_root_from_config,
@@ -137,8 +145,7 @@ def launch_training_job(request: TrainingRequest, *, jobs_root: str | Path) -> J
     if request.dataset:
         dataset_cases = discover_cases(request.dataset)
     stem = request.name or (Path(request.base_model).name if request.base_model else "model")
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:40]
-    run = (Path(jobs_root) / _RUNS_FOLDER / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}-{uuid.uuid4().hex[:6]}").resolve()
+    run = (Path(jobs_root) / _RUNS_FOLDER / new_run_name(stem)).resolve()
     run.mkdir(parents=True)
     data: Path | str
     if request.layer_case is not None:
@@ -147,22 +154,24 @@ def launch_training_job(request: TrainingRequest, *, jobs_root: str | Path) -> J
         data = write_dataset_csv([*dataset_cases, case], run / "dataset.csv") if request.dataset else run / "data"
     else:
         data = Path(request.dataset).resolve()
-    argv = [str(request.kind), "--data", str(data), "--output", str(run / "output"), "--add-to-registry"]
-    for option, value in (
-        ("--epochs", request.epochs),
-        ("--iterations-per-epoch", request.iterations_per_epoch),
-        ("--batch-size", request.batch_size),
-        ("--learning-rate", repr(float(request.learning_rate))),
-        ("--loss", request.loss),
-        ("--mixup-alpha", repr(float(request.mixup_alpha))),
-        ("--device", request.device),
-        ("--name", request.name or None),
-    ):
-        if value is not None:
-            argv += [option, str(value)]
+    options = {
+        "data": str(data),
+        "output": str(run / "output"),
+        "add_to_registry": True,
+        "epochs": request.epochs,
+        "iterations_per_epoch": request.iterations_per_epoch,
+        "batch_size": request.batch_size,
+        "learning_rate": float(request.learning_rate),
+        "loss": request.loss,
+        "mixup_alpha": float(request.mixup_alpha),
+        "device": request.device,
+        "name": request.name or None,
+    }
     if request.kind == JobKind.FINETUNE:
-        argv += ["--model", str(request.base_model), "--freeze", request.freeze]
-    return start_job(request.kind, argv, jobs_root=jobs_root, cwd=run)
+        job_request = FinetuneRequest(model=str(request.base_model), freeze=request.freeze, **options)
+    else:
+        job_request = TrainRequest(**options)
+    return start_job(job_request, jobs_root=jobs_root, cwd=run)
 
 
 @dataclass

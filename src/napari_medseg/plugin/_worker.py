@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from napari.qt.threading import create_worker
+from napari.qt.threading import FunctionWorker, create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton
@@ -45,6 +45,30 @@ def notify_error(exc: BaseException, *, what: str) -> None:
 
 class _Signals(QObject):
     progressed = Signal(int, int)
+
+
+class _QuietWorker(FunctionWorker):
+    """A ``FunctionWorker`` that leaves the ``warnings`` module alone.
+
+    superqt's ``WorkerBase.run`` wraps the call in ``warnings.catch_warnings()`` and replaces
+    ``warnings.showwarning`` for the whole process while the worker runs: that is not thread safe,
+    and a warning the GUI thread issues meanwhile goes to the worker's ``warned`` signal and is
+    lost. The core returns its warnings as data instead (e.g. ``Prediction.warnings``), which the
+    widgets show on the main thread.
+    """
+
+    def run(self) -> None:  # the same signals as WorkerBase.run, without the warnings side channel
+        self.started.emit()
+        self._running = True
+        try:
+            result = self.work()
+            if not self.abort_requested:
+                self.returned.emit(result)
+        except Exception as exc:  # noqa: BLE001 - handed to the errored signal, as superqt does
+            self.errored.emit(exc)
+        self._running = False
+        self.finished.emit()
+        self._finished.emit(self)
 
 
 class TaskRunner(QObject):
@@ -138,7 +162,9 @@ class TaskRunner(QObject):
             kwargs["progress"] = progress
         if pass_cancel:
             kwargs["cancel"] = cancel
-        worker = create_worker(function, *args, _start_thread=False, _ignore_errors=True, **kwargs)
+        worker = create_worker(
+            function, *args, _start_thread=False, _ignore_errors=True, _worker_class=_QuietWorker, **kwargs
+        )
         self.worker, self.cancel_event = worker, cancel
         self.last_error, self.last_outcome = None, None
         self._started = time.monotonic()
