@@ -354,7 +354,11 @@ def test_status_checks_the_process_start_time_so_a_reused_pid_is_not_the_job(tmp
     # a process whose command line names the job folder, as a job's child does
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--job-dir", str(folder)])
     try:
-        created = psutil.Process(child.pid).create_time()
+        process = psutil.Process(child.pid)
+        deadline = time.time() + 10
+        while "--job-dir" not in process.cmdline() and time.time() < deadline:
+            time.sleep(0.01)  # until exec: a just-forked child still shows the parent's command line
+        created = process.create_time()
         make_job_folder(tmp_path, pid=child.pid, pid_create_time=created)
         assert Job(folder).is_alive() and Job(folder).status() == JobStatus.PENDING
         record = json.loads((folder / JOB_FILE).read_text())
